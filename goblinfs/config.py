@@ -245,7 +245,10 @@ def load_config(path: str | None = None) -> GoblinConfig:
     def section_values(name: str) -> dict[str, str]:
         raw = dict(SPEC_DEFAULTS.get(name, {}))
         raw.update(sections.get(name, Section(name, 1)).values)
-        return {key: interpolate(value, raw, defaults) for key, value in raw.items()}
+        try:
+            return {key: interpolate(value, raw, defaults) for key, value in raw.items()}
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: [{name}]: {exc}") from None
 
     stores = {}
     for store_name, section in STORES:

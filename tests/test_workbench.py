@@ -1,0 +1,176 @@
+"""Workbench, WorkbenchManager, localized_file (MediaGoblin's four cases) and the read cache."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from goblinfs.storage.filestorage import BasicFileStorage
+from goblinfs.workbench import ReadCache, Workbench, WorkbenchManager
+
+from .conftest import make_cloud_storage
+from .test_storage_contract import _drop_container
+
+
+class FakeRemoteStorage(BasicFileStorage):
+    """A local directory that claims to be remote, as in MediaGoblin's tests; counts downloads."""
+
+    local_storage = False
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.downloads = 0
+
+    def copy_locally(self, filepath: Any, dest_path: str) -> None:
+        self.downloads += 1
+        time.sleep(0.05)  # widen the window for concurrent readers
+        with self.get_file(filepath, "rb") as src, open(dest_path, "wb") as dst:
+            dst.write(src.read())
+
+
+@pytest.fixture
+def manager(tmp_path: Any) -> Any:
+    base = tmp_path / "workbench"
+    mgr = WorkbenchManager(str(base))
+    yield mgr
+    leftovers = [n for n in os.listdir(base) if n != "cache"]
+    assert leftovers == []  # every workbench destroyed
+
+
+def test_create_and_destroy(manager: WorkbenchManager) -> None:
+    wb = manager.create()
+    assert os.path.isdir(wb.dir) and wb.dir.startswith(manager.base_workbench_dir)
+    assert oct(os.stat(wb.dir).st_mode & 0o777) == "0o700"
+    assert wb.joinpath("temp.txt") == os.path.join(wb.dir, "temp.txt")
+    with open(wb.joinpath("temp.txt"), "w") as f:
+        f.write("x")
+    path = wb.dir
+    wb.destroy()
+    assert not os.path.exists(path)
+    assert repr(wb) == "None"
+    with manager.create() as wb2:
+        inside = wb2.dir
+    assert not os.path.exists(inside)
+
+
+def test_localized_file_four_cases(manager: WorkbenchManager, tmp_path: Any) -> None:
+    (tmp_path / "local").mkdir()
+    (tmp_path / "remote").mkdir()
+    local = BasicFileStorage(str(tmp_path / "local"))
+    remote = FakeRemoteStorage(str(tmp_path / "remote"))
+    fp = ["dir1", "dir2", "ourfile.txt"]
+    for store in (local, remote):
+        with store.get_file(fp, "wb") as f:
+            f.write(b"Our file")
+    with manager.create() as wb:
+        assert wb.localized_file(local, fp) == os.path.join(str(tmp_path / "local"), "dir1/dir2/ourfile.txt")
+        path = wb.localized_file(remote, fp)
+        assert path == os.path.join(wb.dir, "ourfile.txt") and open(path, "rb").read() == b"Our file"
+        path = wb.localized_file(remote, fp, "thisfile")
+        assert path == os.path.join(wb.dir, "thisfile.txt") and open(path, "rb").read() == b"Our file"
+        path = wb.localized_file(remote, fp, "thisfile.text", False)
+        assert path == os.path.join(wb.dir, "thisfile.text") and open(path, "rb").read() == b"Our file"
+
+
+def test_localized_file_from_swift(manager: WorkbenchManager, swift_env: Any, tmp_path: Any) -> None:
+    container = f"gfs-{uuid.uuid4().hex[:12]}"
+    store = make_cloud_storage(swift_env, container, staging_dir=str(tmp_path))
+    try:
+        with store.get_file(["media_entries", "1", "a.png"], "wb") as f:
+            f.write(b"png bytes")
+        with manager.create() as wb:
+            path = wb.localized_file(store, ["media_entries", "1", "a.png"], "source")
+            assert path == os.path.join(wb.dir, "source.png") and open(path, "rb").read() == b"png bytes"
+            cached = manager.cache.localize(store, ["media_entries", "1", "a.png"])
+            assert open(cached, "rb").read() == b"png bytes"
+            assert manager.cache.misses == 1
+            again = manager.cache.localize(store, ["media_entries", "1", "a.png"])
+            assert again == cached and manager.cache.hits == 1
+            with store.get_file(["media_entries", "1", "a.png"], "wb") as f:
+                f.write(b"new png bytes")
+            fresh = manager.cache.localize(store, ["media_entries", "1", "a.png"])
+            assert open(fresh, "rb").read() == b"new png bytes" and manager.cache.misses == 2
+    finally:
+        _drop_container(swift_env, container)
+
+
+def _remote(tmp_path: Any, files: dict[str, bytes]) -> FakeRemoteStorage:
+    (tmp_path / "remote").mkdir(exist_ok=True)
+    store = FakeRemoteStorage(str(tmp_path / "remote"))
+    for name, data in files.items():
+        with store.get_file([name], "wb") as f:
+            f.write(data)
+    return store
+
+
+def test_cache_reuse_and_etag_invalidation(tmp_path: Any) -> None:
+    store = _remote(tmp_path, {"a.bin": b"A" * 100})
+    cache = ReadCache(str(tmp_path / "cache"), 10_000)
+    first = cache.localize(store, ["a.bin"])
+    second = cache.localize(store, ["a.bin"])
+    assert first == second and store.downloads == 1 and cache.hits == 1
+    assert cache.lookup(store, ["a.bin"], store.stat(["a.bin"]).etag) == first
+    with store.get_file(["a.bin"], "wb") as f:
+        f.write(b"B" * 120)
+    assert cache.lookup(store, ["a.bin"], store.stat(["a.bin"]).etag) is None
+    third = cache.localize(store, ["a.bin"])
+    assert open(third, "rb").read() == b"B" * 120 and store.downloads == 2
+    assert cache.total == 120 and len(cache) == 1
+
+
+def test_cache_lru_eviction_bounded(tmp_path: Any) -> None:
+    store = _remote(tmp_path, {f"f{i}.bin": bytes([i]) * 400 for i in range(5)})
+    cache = ReadCache(str(tmp_path / "cache"), 1000)
+    paths = {}
+    for i in range(3):
+        paths[i] = cache.localize(store, [f"f{i}.bin"])
+        assert cache.total <= 1000
+    # f0 was least recently used when f2 came in: evicted; f1 and f2 stay.
+    assert not os.path.exists(paths[0]) and os.path.exists(paths[1]) and os.path.exists(paths[2])
+    cache.localize(store, ["f1.bin"])  # f1 is now the most recent
+    cache.localize(store, ["f3.bin"])
+    assert os.path.exists(paths[1]) and not os.path.exists(paths[2])
+    assert cache.total == 800
+    data_files = [n for n in os.listdir(tmp_path / "cache") if n.endswith(".data")]
+    assert len(data_files) == 2
+
+
+def test_cache_survives_restart(tmp_path: Any) -> None:
+    store = _remote(tmp_path, {"a.bin": b"A" * 100})
+    cache = ReadCache(str(tmp_path / "cache"), 10_000)
+    path = cache.localize(store, ["a.bin"])
+    open(os.path.join(tmp_path, "cache", "junk.part-1"), "wb").close()
+    reopened = ReadCache(str(tmp_path / "cache"), 10_000)
+    assert reopened.localize(store, ["a.bin"]) == path and store.downloads == 1
+    assert not os.path.exists(os.path.join(tmp_path, "cache", "junk.part-1"))
+
+
+def test_cache_concurrent_readers_download_once(tmp_path: Any) -> None:
+    store = _remote(tmp_path, {"a.bin": os.urandom(50_000)})
+    cache = ReadCache(str(tmp_path / "cache"), 1_000_000)
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.localize(store, ["a.bin"]))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1 and store.downloads == 1
+    assert open(results[0], "rb").read() == open(store.get_local_path(["a.bin"]), "rb").read()
+
+
+def test_failed_download_leaves_nothing(tmp_path: Any) -> None:
+    store = _remote(tmp_path, {})
+    cache = ReadCache(str(tmp_path / "cache"), 1000)
+    with pytest.raises(FileNotFoundError):
+        cache.localize(store, ["missing.bin"], etag="x")
+    assert os.listdir(tmp_path / "cache") == [] and cache.total == 0
+
+
+def test_workbench_str(tmp_path: Any) -> None:
+    wb = Workbench(str(tmp_path))
+    assert str(wb) == str(tmp_path) and repr(wb) == str(tmp_path)
