@@ -6,6 +6,7 @@ import os
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,11 +71,11 @@ def test_localized_file_four_cases(manager: WorkbenchManager, tmp_path: Any) -> 
     with manager.create() as wb:
         assert wb.localized_file(local, fp) == os.path.join(str(tmp_path / "local"), "dir1/dir2/ourfile.txt")
         path = wb.localized_file(remote, fp)
-        assert path == os.path.join(wb.dir, "ourfile.txt") and open(path, "rb").read() == b"Our file"
+        assert path == os.path.join(wb.dir, "ourfile.txt") and Path(path).read_bytes() == b"Our file"
         path = wb.localized_file(remote, fp, "thisfile")
-        assert path == os.path.join(wb.dir, "thisfile.txt") and open(path, "rb").read() == b"Our file"
+        assert path == os.path.join(wb.dir, "thisfile.txt") and Path(path).read_bytes() == b"Our file"
         path = wb.localized_file(remote, fp, "thisfile.text", False)
-        assert path == os.path.join(wb.dir, "thisfile.text") and open(path, "rb").read() == b"Our file"
+        assert path == os.path.join(wb.dir, "thisfile.text") and Path(path).read_bytes() == b"Our file"
 
 
 def test_localized_file_from_swift(manager: WorkbenchManager, swift_env: Any, tmp_path: Any) -> None:
@@ -85,16 +86,16 @@ def test_localized_file_from_swift(manager: WorkbenchManager, swift_env: Any, tm
             f.write(b"png bytes")
         with manager.create() as wb:
             path = wb.localized_file(store, ["media_entries", "1", "a.png"], "source")
-            assert path == os.path.join(wb.dir, "source.png") and open(path, "rb").read() == b"png bytes"
+            assert path == os.path.join(wb.dir, "source.png") and Path(path).read_bytes() == b"png bytes"
             cached = manager.cache.localize(store, ["media_entries", "1", "a.png"])
-            assert open(cached, "rb").read() == b"png bytes"
+            assert Path(cached).read_bytes() == b"png bytes"
             assert manager.cache.misses == 1
             again = manager.cache.localize(store, ["media_entries", "1", "a.png"])
             assert again == cached and manager.cache.hits == 1
             with store.get_file(["media_entries", "1", "a.png"], "wb") as f:
                 f.write(b"new png bytes")
             fresh = manager.cache.localize(store, ["media_entries", "1", "a.png"])
-            assert open(fresh, "rb").read() == b"new png bytes" and manager.cache.misses == 2
+            assert Path(fresh).read_bytes() == b"new png bytes" and manager.cache.misses == 2
     finally:
         _drop_container(swift_env, container)
 
@@ -119,7 +120,7 @@ def test_cache_reuse_and_etag_invalidation(tmp_path: Any) -> None:
         f.write(b"B" * 120)
     assert cache.lookup(store, ["a.bin"], store.stat(["a.bin"]).etag) is None
     third = cache.localize(store, ["a.bin"])
-    assert open(third, "rb").read() == b"B" * 120 and store.downloads == 2
+    assert Path(third).read_bytes() == b"B" * 120 and store.downloads == 2
     assert cache.total == 120 and len(cache) == 1
 
 
@@ -160,7 +161,7 @@ def test_cache_concurrent_readers_download_once(tmp_path: Any) -> None:
     for t in threads:
         t.join()
     assert len(set(results)) == 1 and store.downloads == 1
-    assert open(results[0], "rb").read() == open(store.get_local_path(["a.bin"]), "rb").read()
+    assert Path(results[0]).read_bytes() == Path(store.get_local_path(["a.bin"])).read_bytes()
 
 
 def test_failed_download_leaves_nothing(tmp_path: Any) -> None:
