@@ -1,0 +1,310 @@
+"""Mount lifecycle: options, stores, pyfuse3 session, signals, clean shutdown.
+
+``mount(...)`` builds the stores (logging in to Swift), checks the mountpoint, mounts, and
+runs the trio loop until the filesystem is unmounted (umount, ``fusermount3 -u``,
+``goblinfs umount``) or the daemon gets SIGTERM/SIGINT.  Everything accepted is in the
+store before the process exits: close() already uploads, and anything still dirty is
+uploaded at shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import faulthandler
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from .config import ConfigError, GoblinConfig, ensure_local_dirs
+from .fuse_ops import Operations
+from .storage import Error as StorageError
+from .vfs import Options, StoreMount, Vfs
+from .workbench import WorkbenchManager
+
+log = logging.getLogger(__name__)
+
+#: FUSE mount options libfuse 3.14 accepts through pyfuse3.init (see docs/pyfuse3 notes).
+FUSE_PASSTHROUGH = {"allow_other", "allow_root", "auto_unmount", "default_permissions", "noatime", "atime",
+                    "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync", "dirsync", "ro", "rw",
+                    "blkdev"}
+FUSE_PASSTHROUGH_VALUED = {"fsname", "subtype", "blksize", "context", "fscontext", "defcontext", "rootcontext"}
+#: Generic mount(8)/fstab/systemd options that mean nothing to a FUSE daemon: accepted, ignored.
+IGNORED = {"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "defaults", "relatime", "norelatime",
+           "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "silent", "loud", "owner", "group",
+           "bg", "fg", "-n", "nosymfollow", "iversion", "noiversion", "mand", "nomand"}
+IGNORED_PREFIXES = ("x-systemd.", "x-gvfs", "comment=", "x-", "helper=")
+
+
+class MountFailed(Exception):
+    """The filesystem cannot be mounted; the message is one line for the user."""
+
+
+def parse_size(text: str) -> int:
+    """'10G', '512M', '4096' → bytes (K/M/G/T, powers of 1024)."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise MountFailed(f"bad size {text!r} (examples: 4096, 512M, 10G)") from None
+
+
+@dataclass
+class MountOptions:
+    """What -o (and [goblinfs] in the config) can say."""
+
+    vfs: Options = field(default_factory=Options)
+    fuse: set[str] = field(default_factory=set)
+    cache_dir: str | None = None
+    cache_size: int = 10 << 30
+    debug: bool = False
+    attr_timeout_set: bool = False
+    dir_timeout_set: bool = False
+    logfile: str | None = None
+
+
+def parse_options(pairs: list[str], base: MountOptions | None = None) -> MountOptions:
+    """Parse ``-o`` words (already split on commas)."""
+    opts = base or MountOptions()
+    for word in pairs:
+        word = word.strip()
+        if not word:
+            continue
+        key, has_value, value = word.partition("=")
+        try:
+            if key == "ro":
+                opts.vfs.ro = True
+                opts.fuse.add("ro")
+            elif key == "rw":
+                opts.vfs.ro = False
+                opts.fuse.discard("ro")
+            elif key == "uid":
+                opts.vfs.uid = int(value)
+            elif key == "gid":
+                opts.vfs.gid = int(value)
+            elif key == "umask":
+                opts.vfs.umask = int(value, 8)
+            elif key in ("cache_dir", "workbench"):
+                opts.cache_dir = value
+            elif key == "cache_size":
+                opts.cache_size = parse_size(value)
+            elif key in ("attr_timeout", "attr_cache_ttl"):
+                opts.vfs.attr_timeout = float(value)
+                opts.attr_timeout_set = True
+            elif key in ("dir_timeout", "dir_cache_ttl"):
+                opts.vfs.dir_timeout = float(value)
+                opts.dir_timeout_set = True
+            elif key == "names":
+                if value not in ("clean", "strict"):
+                    raise MountFailed(f"names={value}: use names=clean or names=strict")
+                opts.vfs.names = value
+            elif key == "op_timeout":
+                opts.vfs.op_timeout = float(value)
+            elif key == "logfile":
+                opts.logfile = value
+            elif key == "debug":
+                opts.debug = True
+            elif key in FUSE_PASSTHROUGH and not has_value:
+                opts.fuse.add(key)
+            elif key in FUSE_PASSTHROUGH_VALUED and has_value:
+                opts.fuse.add(word)
+            elif word in IGNORED or key in IGNORED or word.startswith(IGNORED_PREFIXES):
+                log.debug("ignoring mount option %s", word)
+            else:
+                raise MountFailed(f"unknown mount option {word!r}")
+        except ValueError:
+            raise MountFailed(f"bad value in mount option {word!r}") from None
+    return opts
+
+
+def _mountpoint_state(mountpoint: str) -> str:
+    """'ok', 'missing', 'notdir', 'mounted' or 'stale' (a dead FUSE mount)."""
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            return "stale"
+        raise
+    if not os.path.isdir(mountpoint):
+        return "notdir"
+    del st
+    return "mounted" if os.path.ismount(mountpoint) else "ok"
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    """Raise MountFailed unless mountpoint can take a mount; clear a stale one (after kill -9)."""
+    state = _mountpoint_state(mountpoint)
+    if state == "stale":
+        log.info("%s: clearing the dead mount left by a crashed daemon", mountpoint)
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False, capture_output=True)
+        state = _mountpoint_state(mountpoint)
+    if state == "missing":
+        raise MountFailed(f"mountpoint {mountpoint} does not exist")
+    if state == "notdir":
+        raise MountFailed(f"mountpoint {mountpoint} is not a directory")
+    if state == "mounted":
+        raise MountFailed(f"mountpoint {mountpoint} is busy: something is already mounted there")
+    if state != "ok":
+        raise MountFailed(f"mountpoint {mountpoint} is not usable")
+
+
+@dataclass
+class Prepared:
+    vfs: Vfs
+    fuse_options: set[str]
+
+
+def prepare(config: GoblinConfig, mountpoint: str, opts: MountOptions, only_store: str | None = None) -> Prepared:
+    """Build the stores (logging in to remote ones) and the Vfs; MountFailed with one line on error."""
+    names = list(config.stores)
+    if only_store is not None:
+        if only_store not in config.stores:
+            raise MountFailed(f"--store {only_store}: no such store (have: {', '.join(names)})")
+        names = [only_store]
+    if config.path is None:
+        ensure_local_dirs(config)
+    workbench = opts.cache_dir or config.options.get("cache_dir") or config.workbench_path
+    try:
+        manager = WorkbenchManager(workbench, cache_size=opts.cache_size)
+    except OSError as exc:
+        raise MountFailed(f"cannot use workbench/cache directory {workbench}: {exc.strerror}") from None
+    staging = os.path.join(manager.base_workbench_dir, "staging")
+    os.makedirs(staging, mode=0o700, exist_ok=True)
+    opts.vfs.staging_dir = staging
+    stores = []
+    any_remote = False
+    for name in names:
+        try:
+            storage = config.stores[name].build()
+        except ConfigError as exc:
+            raise MountFailed(str(exc)) from None
+        except StorageError as exc:
+            raise MountFailed(f"store {name}: {exc}") from None
+        base_dir = getattr(storage, "base_dir", None)
+        if storage.local_storage and base_dir and not os.path.isdir(base_dir):
+            raise MountFailed(f"store {name}: base_dir {base_dir} does not exist")
+        if not storage.local_storage:
+            any_remote = True
+            try:
+                storage.list_dir([])  # logs in; a refused login or a dead server fails here
+            except StorageError as exc:
+                raise MountFailed(f"store {name}: {exc}") from None
+            except OSError as exc:
+                raise MountFailed(f"store {name}: {exc}") from None
+        stores.append(StoreMount(name, storage, opts.vfs))
+    if any_remote:
+        # Another mount may change the container: do not trust listings for long by default.
+        if not opts.dir_timeout_set:
+            opts.vfs.dir_timeout = float(config.options.get("dir_timeout", 10))
+        if not opts.attr_timeout_set:
+            opts.vfs.attr_timeout = float(config.options.get("attr_timeout", 10))
+    vfs = Vfs(stores, opts.vfs, cache=manager.cache, single=only_store is not None)
+    fuse_options = set(opts.fuse) | {"fsname=goblinfs", "subtype=goblinfs"}
+    if any(o.startswith("fsname=") for o in opts.fuse):
+        fuse_options.discard("fsname=goblinfs")
+    if "allow_other" in fuse_options or "allow_root" in fuse_options:
+        fuse_options.add("default_permissions")
+    if opts.debug:
+        fuse_options.add("debug")
+    return Prepared(vfs, fuse_options)
+
+
+def _raise_readahead(mountpoint: str, kb: int = 1024) -> None:
+    """Raise the FUSE bdi's read-ahead (root only): bigger read requests, faster sequential reads."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                if parts[4] == os.path.realpath(mountpoint) and " - fuse" in line:
+                    with open(f"/sys/class/bdi/{parts[2]}/read_ahead_kb", "w") as bdi:
+                        bdi.write(str(kb))
+                    return
+    except OSError as exc:
+        log.debug("could not raise read-ahead: %s", exc)
+
+
+def run(prepared: Prepared, mountpoint: str, ready: Callable[[], None] | None = None) -> int:
+    """Mount and serve until unmounted or signalled; returns the exit status."""
+    faulthandler.enable()
+    with contextlib.suppress(AttributeError, ValueError):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    ops = Operations(prepared.vfs)
+    try:
+        pyfuse3.init(ops, mountpoint, prepared.fuse_options)
+    except RuntimeError as exc:
+        raise MountFailed(f"cannot mount at {mountpoint}: {exc}") from None
+    clean = False
+    try:
+        trio.run(_serve, prepared.vfs, mountpoint, ready)
+        clean = True
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception as exc:  # already unmounted from outside
+            log.debug("close: %s", exc)
+    return 0 if clean else 1
+
+
+async def _serve(vfs: Vfs, mountpoint: str, ready: Callable[[], None] | None) -> None:
+    async with trio.open_nursery() as nursery:
+        vfs.nursery = nursery
+        nursery.start_soon(_signals, nursery.cancel_scope)
+        async with trio.open_nursery() as fuse_nursery:
+            fuse_nursery.start_soon(_fuse_main)
+            await trio.sleep(0)
+            await trio.to_thread.run_sync(_raise_readahead, mountpoint)
+            log.info("goblinfs mounted at %s (stores: %s)", mountpoint, ", ".join(vfs.stores))
+            if ready is not None:
+                ready()
+        # The session ended (unmount or terminate): push anything still dirty.
+        await vfs.shutdown()
+        nursery.cancel_scope.cancel()
+    log.info("goblinfs at %s: stopped", mountpoint)
+
+
+async def _fuse_main() -> None:
+    await pyfuse3.main(min_tasks=2, max_tasks=64)
+
+
+async def _signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                continue
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+
+
+def setup_logging(debug: bool, logfile: str | None) -> None:
+    handler: logging.Handler
+    handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    for noisy in ("swiftclient", "urllib3", "requests"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
+def unmount(mountpoint: str, lazy: bool = False) -> None:
+    """Unmount (fusermount3 -u, or umount as root); MountFailed with the reason."""
+    args = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        message = (result.stderr or result.stdout).strip().splitlines()
+        raise MountFailed(message[-1] if message else f"cannot unmount {mountpoint}")
+
+
+__all__ = ["MountFailed", "MountOptions", "parse_options", "prepare", "run", "unmount", "check_mountpoint"]
+
