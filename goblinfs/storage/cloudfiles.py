@@ -1,0 +1,1365 @@
+"""goblinfs.storage.cloudfiles - MediaGoblin's CloudFilesStorage, on OpenStack Swift.
+
+MediaGoblin's own backend used python-cloudfiles (Python 2 only, dead since 2013); this one
+speaks to Swift (or Rackspace Cloud Files, which is Swift) through python-swiftclient and
+accepts MediaGoblin's configuration keys (``cloudfiles_user``, ``cloudfiles_api_key``,
+``cloudfiles_container``, ``cloudfiles_host`` = the auth URL, ``cloudfiles_use_servicenet``)
+plus Keystone options.
+
+How the store is laid out in the container (see also ``docs``/the lead's SEMANTICS):
+
+* An object's name is ``'/'.join(resolve_components(filepath))``.
+* **mtime** is kept where a container *listing* returns it, so a directory can be listed
+  with its mtimes in one request: the Content-Type gets a parameter,
+  ``image/jpeg;goblinfs_mtime=1764201001.123456789`` (seconds, 9 decimals, exact integer
+  nanoseconds), and the swift CLI/rclone header ``X-Object-Meta-Mtime`` holds the same string.
+  Objects without the parameter take X-Object-Meta-Mtime when a HEAD was made anyway
+  (``stat``), else the listing's ``last_modified``.  The parameter never shows in
+  :attr:`Entry.content_type`.
+* **Directories** follow the swift CLI/Horizon convention: pseudo-directories by the ``/``
+  delimiter, and ``make_dir`` writes a zero-byte marker ``name/`` of type
+  ``application/directory`` (markers carry no Content-Type parameter, so other tools still
+  recognise them; their mtime is in X-Object-Meta-Mtime).  An ``application/directory``
+  object without the trailing slash (svfs/cloudfuse) is read as a directory too.  When a
+  name is both a file and a directory (Swift allows ``a`` next to ``a/b``), the directory
+  wins in ``list_dir`` and ``stat`` (logged once); the hidden file can still be read,
+  deleted or moved by its name.  Directory entries from ``list_dir`` have mtime 0 (a
+  listing rolls the marker into its ``subdir`` entry); ``stat`` reads the marker's mtime.
+* **Large objects** (bigger than ``segment_size``, or than the cluster's max_file_size) are
+  Static Large Objects: segments ``<object>/<upload uuid>/<index:08d>`` in the container
+  ``<container>_segments``, then the manifest.  Replacing or deleting an SLO deletes its
+  segments; moving one copies only the manifest.  The Entry etag of an SLO is the one HEAD
+  reports (the SLO etag, MD5 of the segments' etags), which listings give as ``slo_etag``.
+* Written data is spooled to a temporary file in ``staging_dir`` and uploaded on
+  ``close()``; reads stream (ranged GETs on seek).  Nothing is held whole in memory.
+"""
+
+from __future__ import annotations
+
+import calendar
+import errno
+import hashlib
+import io
+import json
+import logging
+import mimetypes
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from email.utils import parsedate_to_datetime
+from typing import Any, BinaryIO
+
+from requests.exceptions import RequestException
+from swiftclient.client import ClientException, Connection
+
+from . import (
+    COPY_CHUNK,
+    NAME_MAX,
+    Entry,
+    NoWebServing,
+    Space,
+    StorageConfigError,
+    StorageInterface,
+    StorageUnavailable,
+    resolve_components,
+)
+from . import NotImplementedError as StorageNotImplementedError
+
+log = logging.getLogger(__name__)
+
+#: Content-Type parameter holding the mtime (seconds with 9 decimals).
+MTIME_PARAM = "goblinfs_mtime"
+#: Content-Type of directory markers (swift CLI, Horizon, rclone, svfs).
+DIRECTORY_TYPE = "application/directory"
+#: Default size of SLO segments (objects larger than this are segmented).
+DEFAULT_SEGMENT_SIZE = 100 * 1048576
+#: Size of the chunks read from a GET response.
+READ_CHUNK = 1048576
+#: Threads uploading segments / copying and deleting objects in parallel.
+DEFAULT_WORKERS = 4
+#: Swift defaults, used when GET /info does not answer.
+DEFAULT_MAX_FILE_SIZE = 5368709122
+DEFAULT_MAX_OBJECT_NAME_LENGTH = 1024
+DEFAULT_LISTING_LIMIT = 10000
+DEFAULT_MAX_MANIFEST_SEGMENTS = 1000
+
+_TRUE = {"1", "true", "yes", "on"}
+_AUTH_VERSIONS = {"1": "1.0", "1.0": "1.0", "2": "2.0", "2.0": "2.0", "3": "3", "3.0": "3"}
+
+
+class AuthenticationFailed(StorageUnavailable):
+    """Swift (or Keystone) refused the login: wrong user or key, or an unknown project."""
+
+
+class _AuthRefused(Exception):
+    """Raised inside a Connection when the auth service answers 401/403; never retried."""
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__(f"auth refused: HTTP {status}")
+        self.status = status
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def format_mtime(mtime_ns: int) -> str:
+    """Integer nanoseconds as exact decimal seconds with 9 decimals: ``1764201001.000000005``."""
+    mtime_ns = int(mtime_ns)
+    sign = "-" if mtime_ns < 0 else ""
+    seconds, fraction = divmod(abs(mtime_ns), 1_000_000_000)
+    return f"{sign}{seconds}.{fraction:09d}"
+
+
+_DECIMAL_RE = re.compile(r"([+-]?)(\d+)(?:\.(\d*))?")
+
+
+def parse_mtime(value: Any) -> int | None:
+    """Decimal seconds (as stored by us, the swift CLI or rclone) to integer nanoseconds, exactly.
+
+    Digits past the ninth decimal are dropped; None for anything unparseable.
+    """
+    if value is None:
+        return None
+    text = str(value).strip().strip('"')
+    match = _DECIMAL_RE.fullmatch(text)
+    if match:
+        sign, seconds, fraction = match.groups()
+        nanos = int(seconds) * 1_000_000_000 + int((fraction or "")[:9].ljust(9, "0"))
+        return -nanos if sign == "-" else nanos
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not number.is_finite():
+        return None
+    return int((number * 1_000_000_000).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def split_content_type(value: str | None) -> tuple[str | None, int | None]:
+    """Split ``type;goblinfs_mtime=S`` into (type without our parameter, mtime_ns or None).
+
+    Other parameters are kept verbatim; ``swift_bytes`` (Swift's internal one) is dropped.
+    """
+    if not value:
+        return None, None
+    parts = value.split(";")
+    kept = [parts[0].strip()]
+    mtime_ns = None
+    for part in parts[1:]:
+        key, sep, param = part.strip().partition("=")
+        lowered = key.strip().lower()
+        if sep and lowered == MTIME_PARAM:
+            mtime_ns = parse_mtime(param)
+            continue
+        if sep and lowered == "swift_bytes":
+            continue
+        if part.strip():
+            kept.append(part.strip())
+    return ";".join(kept), mtime_ns
+
+
+def is_directory_type(content_type: str | None) -> bool:
+    """True for ``application/directory`` (parameters and case ignored)."""
+    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == DIRECTORY_TYPE
+
+
+_LISTING_TIME_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z?")
+
+
+def parse_listing_time(value: str | None) -> int:
+    """A listing's ``last_modified`` (UTC, ISO format without zone) as integer nanoseconds; 0 if absent."""
+    if not value:
+        return 0
+    match = _LISTING_TIME_RE.fullmatch(value.strip())
+    if not match:
+        return 0
+    moment = datetime.strptime(match[1], "%Y-%m-%dT%H:%M:%S")
+    fraction = int((match[2] or "")[:9].ljust(9, "0"))
+    return calendar.timegm(moment.timetuple()) * 1_000_000_000 + fraction
+
+
+def _strip_etag(value: str | None) -> str | None:
+    return value.strip().strip('"') if value else None
+
+
+def _guess_type(leaf: str) -> str:
+    return mimetypes.guess_type(leaf, strict=False)[0] or "application/octet-stream"
+
+
+def _parse_mode(mode: str) -> tuple[str, bool]:
+    kinds = [c for c in mode if c in "rwax"]
+    if len(kinds) != 1 or any(c not in "rwaxb+" for c in mode) or len(set(mode)) != len(mode):
+        raise ValueError(f"invalid mode: {mode!r}")
+    return kinds[0], "+" in mode
+
+
+def _int_option(name: str, value: Any, default: int | None, minimum: int = 0) -> int | None:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise StorageConfigError(f"{name} must be an integer, not {value!r}") from None
+    if number < minimum:
+        raise StorageConfigError(f"{name} must be at least {minimum}, not {number}")
+    return number
+
+
+def _float_option(name: str, value: Any, default: float | None) -> float | None:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise StorageConfigError(f"{name} must be a number, not {value!r}") from None
+    if number <= 0:
+        raise StorageConfigError(f"{name} must be positive, not {number}")
+    return number
+
+
+def _md5_range(path: str, start: int, length: int) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as source:
+        source.seek(start)
+        remaining = length
+        while remaining > 0:
+            chunk = source.read(min(COPY_CHUNK, remaining))
+            if not chunk:
+                raise OSError(errno.EIO, f"{path} shrank while being uploaded")
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+_POST_KEPT_HEADERS = ("content-disposition", "content-encoding", "x-delete-at", "x-object-manifest")
+
+
+def _header_meta(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers of a HEAD that a POST must re-send to keep them (user metadata and friends)."""
+    kept = {}
+    for key, value in headers.items():
+        lowered = key.lower()
+        user_meta = lowered.startswith("x-object-meta-") and lowered != "x-object-meta-mtime"
+        if user_meta or lowered in _POST_KEPT_HEADERS:
+            kept[key] = value
+    return kept
+
+
+class _Connection(Connection):
+    """A swiftclient Connection that reports new tokens and never retries a refused login."""
+
+    def __init__(self, on_auth: Callable[[str, str], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._on_auth = on_auth
+
+    def get_auth(self) -> tuple[str, str]:
+        try:
+            url, token = super().get_auth()
+        except ClientException as exc:
+            if exc.http_status in (401, 403):
+                raise _AuthRefused(exc.http_status) from None
+            raise
+        self._on_auth(url, token)
+        return url, token
+
+
+# ------------------------------------------------------------------------- file objects
+
+
+class SwiftReader(io.RawIOBase):
+    """A seekable, streaming reader of one object: sequential reads come from one GET;
+    a read after a seek opens a ranged GET from the new offset.  Never buffers the object.
+    """
+
+    def __init__(self, store: CloudFileStorage, name: str, conn: Connection, headers: Mapping[str, str],
+                 body: Any) -> None:
+        super().__init__()
+        self._store = store
+        self._conn = conn
+        self.name = name
+        self.size = int(headers.get("content-length") or 0)
+        self.etag = _strip_etag(headers.get("etag"))
+        self._pos = 0
+        self._body: Any = body
+        self._body_pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check_closed()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_closed()
+        if whence == io.SEEK_SET:
+            new = offset
+        elif whence == io.SEEK_CUR:
+            new = self._pos + offset
+        elif whence == io.SEEK_END:
+            new = self.size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if new < 0:
+            raise OSError(errno.EINVAL, "negative seek position")
+        self._pos = new
+        return new
+
+    def readinto(self, buffer: Any) -> int:
+        self._check_closed()
+        view = memoryview(buffer).cast("B")
+        wanted = min(len(view), self.size - self._pos)
+        if wanted <= 0:
+            return 0
+        if self._body is None or self._body_pos != self._pos:
+            self._open_at(self._pos)
+        try:
+            data = self._body.read(wanted)
+        except (RequestException, ConnectionError, TimeoutError) as exc:
+            self._close_body()
+            raise StorageUnavailable(f"reading {self.name} from Swift failed: {exc}") from exc
+        if not data:
+            self._close_body()
+            raise OSError(errno.EIO, "object ended early (changed while being read?)", self.name)
+        view[: len(data)] = data
+        self._pos += len(data)
+        self._body_pos = self._pos
+        return len(data)
+
+    def _open_at(self, offset: int) -> None:
+        self._close_body()
+        _, self._body = self._store._call(
+            "get_object", self._store.container, self.name, resp_chunk_size=READ_CHUNK,
+            headers={"Range": f"bytes={offset}-"}, name=self.name, conn=self._conn)
+        self._body_pos = offset
+
+    def _close_body(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            with suppress(Exception):
+                body.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close_body()
+            with suppress(Exception):
+                self._conn.close()
+        super().close()
+
+
+class SwiftWriter(io.FileIO):
+    """A file spooled in ``staging_dir`` and uploaded to Swift by ``close()``.
+
+    ``write`` takes bytes or a readable file object (streamed).  ``sync()`` uploads now and
+    keeps the file open.  Leaving a ``with`` block through an exception, or ``discard()``,
+    drops what was written.  ``mtime_ns`` may be set before closing; ``entry`` is the new
+    Entry after an upload.  The spool file is removed in every case.
+    """
+
+    def __init__(self, store: CloudFileStorage, name: str, spool: str, mode: str, *, content_type: str,
+                 meta: Mapping[str, str], exclusive: bool, dirty: bool) -> None:
+        self._done = True
+        super().__init__(spool, mode)
+        self._store = store
+        self._object_name = name
+        self._spool = spool
+        self._content_type = content_type
+        self._meta = dict(meta)
+        self._exclusive = exclusive
+        self._dirty = dirty
+        self._done = False
+        self.mtime_ns: int | None = None
+        self.entry: Entry | None = None
+
+    @property
+    def object_name(self) -> str:
+        return self._object_name
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        if hasattr(data, "read"):
+            total = 0
+            while True:
+                chunk = data.read(COPY_CHUNK)
+                if not chunk:
+                    return total
+                total += self.write(chunk)
+        view = memoryview(data).cast("B")
+        total = len(view)
+        self._dirty = True
+        while view:
+            written = super().write(view)
+            if written is None:  # pragma: no cover - only for non-blocking fds
+                continue
+            view = view[written:]
+        return total
+
+    def truncate(self, size: int | None = None) -> int:
+        self._dirty = True
+        return super().truncate(size)
+
+    def sync(self) -> Entry | None:
+        """Upload the current content now (if changed) and keep the file open."""
+        if self._done:
+            raise ValueError("I/O operation on closed file")
+        if self._dirty:
+            self.flush()
+            self._upload()
+        return self.entry
+
+    def _upload(self) -> None:
+        self.entry = self._store._upload(self._spool, self._object_name, content_type=self._content_type,
+                                         mtime_ns=self.mtime_ns, meta=self._meta, exclusive=self._exclusive)
+        self._exclusive = False
+        self._dirty = False
+
+    def close(self) -> None:
+        if self._done:
+            super().close()
+            return
+        self._done = True
+        try:
+            if not self.closed:
+                self.flush()
+            super().close()
+            if self._dirty:
+                self._upload()
+        finally:
+            self._remove_spool()
+
+    def discard(self) -> None:
+        """Drop what was written; the stored object stays as it was."""
+        if self._done:
+            return
+        self._done = True
+        with suppress(Exception):
+            super().close()
+        self._remove_spool()
+
+    def _remove_spool(self) -> None:
+        with suppress(FileNotFoundError):
+            os.unlink(self._spool)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            with suppress(Exception):
+                self.discard()
+
+
+# ------------------------------------------------------------------------------- store
+
+
+class CloudFileStorage(StorageInterface):
+    """A MediaGoblin store in one container of OpenStack Swift (python-swiftclient).
+
+    Keys (all may be strings, as from a config file): ``cloudfiles_user``,
+    ``cloudfiles_api_key``, ``cloudfiles_container``, ``cloudfiles_host`` (the auth URL),
+    ``cloudfiles_use_servicenet``; ``auth_version`` ('1.0', '2.0' or '3'),
+    ``project_name``/``tenant_name``, ``project_domain_name``, ``user_domain_name``,
+    ``region_name``, ``endpoint_type``; ``base_url``; ``segment_size`` (bytes);
+    ``retries``, ``timeout`` (seconds), ``staging_dir``, ``workers``.  Other keys are ignored.
+
+    The container is created when missing.  Each thread gets its own Connection (they share
+    the auth token); swiftclient retries with back-off and re-authenticates on a 401.
+    A refused login raises :class:`AuthenticationFailed`, an unreachable server
+    :class:`~goblinfs.storage.StorageUnavailable`.
+    """
+
+    local_storage = False
+
+    def __init__(self, cloudfiles_user: str | None = None, cloudfiles_api_key: str | None = None,
+                 cloudfiles_container: str | None = None, cloudfiles_host: str | None = None,
+                 cloudfiles_use_servicenet: Any = None, *, auth_version: Any = "1.0",
+                 project_name: str | None = None, tenant_name: str | None = None,
+                 project_domain_name: str | None = None, user_domain_name: str | None = None,
+                 region_name: str | None = None, endpoint_type: str | None = None,
+                 base_url: str | None = None, segment_size: Any = None, retries: Any = None,
+                 timeout: Any = None, staging_dir: str | None = None, workers: Any = None,
+                 **kwargs: Any) -> None:
+        missing = [key for key, value in (("cloudfiles_user", cloudfiles_user),
+                                          ("cloudfiles_api_key", cloudfiles_api_key),
+                                          ("cloudfiles_container", cloudfiles_container),
+                                          ("cloudfiles_host", cloudfiles_host)) if not value]
+        if missing:
+            raise StorageConfigError(f"CloudFileStorage needs {', '.join(missing)}")
+        version = _AUTH_VERSIONS.get(str(auth_version or "1.0").strip().lower().lstrip("v"))
+        if version is None:
+            raise StorageConfigError(f"auth_version must be 1.0, 2.0 or 3, not {auth_version!r}")
+        self.container = str(cloudfiles_container)
+        if "/" in self.container:
+            raise StorageConfigError(f"cloudfiles_container {self.container!r} may not contain '/'")
+        self.segment_container = f"{self.container}_segments"
+        self.auth_url = str(cloudfiles_host)
+        self.user = str(cloudfiles_user)
+        self.__key = str(cloudfiles_api_key)
+        self.auth_version = version
+        self.base_url = base_url
+        self.segment_size = _int_option("segment_size", segment_size, DEFAULT_SEGMENT_SIZE, minimum=1)
+        self.retries = _int_option("retries", retries, 3)
+        self.timeout = _float_option("timeout", timeout, 60.0)
+        self.workers = _int_option("workers", workers, DEFAULT_WORKERS, minimum=1)
+        self.staging_dir = staging_dir or tempfile.gettempdir()
+        os.makedirs(self.staging_dir, exist_ok=True)
+        os_options = {key: value for key, value in (
+            ("project_name", project_name), ("tenant_name", tenant_name),
+            ("project_domain_name", project_domain_name), ("user_domain_name", user_domain_name),
+            ("region_name", region_name), ("endpoint_type", endpoint_type)) if value}
+        self._os_options = os_options
+        if cloudfiles_use_servicenet is True or str(cloudfiles_use_servicenet).strip().lower() in _TRUE:
+            log.debug("cloudfiles_use_servicenet ignored: python-swiftclient has no ServiceNet support")
+        if kwargs:
+            log.debug("CloudFileStorage ignores keys %s", sorted(kwargs))
+        self._local = threading.local()
+        self._auth_lock = threading.Lock()
+        self._auth: tuple[str, str] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._segments_ready = False
+        self._collisions_logged: set[str] = set()
+        self._ensure_container(self.container)
+        self._caps = self._fetch_capabilities()
+        slo = self._caps.get("slo") or {}
+        swift = self._caps.get("swift") or {}
+        self.max_file_size = int(swift.get("max_file_size") or DEFAULT_MAX_FILE_SIZE)
+        self.max_object_name_length = int(swift.get("max_object_name_length") or DEFAULT_MAX_OBJECT_NAME_LENGTH)
+        self.listing_limit = int(swift.get("container_listing_limit") or DEFAULT_LISTING_LIMIT)
+        self.slo_enabled = "slo" in self._caps or not self._caps
+        self.max_manifest_segments = int(slo.get("max_manifest_segments") or DEFAULT_MAX_MANIFEST_SEGMENTS)
+        self.min_segment_size = int(slo.get("min_segment_size") or 1)
+
+    def __repr__(self) -> str:
+        return f"<CloudFileStorage container={self.container!r} auth_url={self.auth_url!r} user={self.user!r}>"
+
+    # ------------------------------------------------------------ connections, errors
+
+    def _remember_auth(self, url: str, token: str) -> None:
+        with self._auth_lock:
+            self._auth = (url, token)
+
+    def _new_connection(self) -> Connection:
+        """A fresh Connection, starting from the last token any connection obtained."""
+        with self._auth_lock:
+            auth = self._auth
+        return _Connection(
+            self._remember_auth, authurl=self.auth_url, user=self.user, key=self.__key,
+            retries=self.retries, preauthurl=auth[0] if auth else None, preauthtoken=auth[1] if auth else None,
+            starting_backoff=0.5, max_backoff=8, os_options=dict(self._os_options),
+            auth_version=self.auth_version, timeout=self.timeout, retry_on_ratelimit=True)
+
+    def _conn(self) -> Connection:
+        """This thread's Connection (the mount calls the store from several threads)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._new_connection()
+        return conn
+
+    def _where(self, conn: Connection | None) -> str:
+        url = getattr(conn, "url", None) or (self._auth[0] if self._auth else None)
+        return f"storage URL {url}" if url else f"auth URL {self.auth_url}"
+
+    def _map_error(self, exc: BaseException, name: str | None, conn: Connection | None) -> BaseException | None:
+        if isinstance(exc, _AuthRefused):
+            return AuthenticationFailed(
+                f"Swift login refused (HTTP {exc.status}) for user {self.user!r} at auth URL {self.auth_url}")
+        if isinstance(exc, ClientException):
+            status = exc.http_status
+            target = f"{self.container}/{name}" if name is not None else self.container
+            if status == 404:
+                return FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}",
+                                         name if name is not None else self.container)
+            if status in (401, 403):
+                return PermissionError(errno.EACCES, f"Swift refused access (HTTP {status})", target)
+            if status == 413:
+                return OSError(errno.EFBIG, "Swift refused the object as too large (HTTP 413)", target)
+            if status is None or status >= 500 or status in (408, 429, 498, 499):
+                return StorageUnavailable(f"Swift at {self._where(conn)} failed for {target}: {exc.msg}"
+                                          + (f" (HTTP {status})" if status else ""))
+            return OSError(errno.EIO, f"Swift error (HTTP {status} {exc.http_reason}): {exc.msg}", target)
+        if isinstance(exc, (RequestException, ConnectionError, TimeoutError, socket.gaierror)):
+            return StorageUnavailable(f"cannot reach Swift at {self._where(conn)}: {exc}")
+        return None
+
+    def _call(self, method: str, *args: Any, name: str | None = None, conn: Connection | None = None,
+              passthrough: tuple[int, ...] = (), **kwargs: Any) -> Any:
+        """Run a swiftclient Connection method; map its errors to the storage/OS errors.
+
+        ClientExceptions whose status is in *passthrough* are re-raised as they are.
+        """
+        connection = conn or self._conn()
+        try:
+            return getattr(connection, method)(*args, **kwargs)
+        except ClientException as exc:
+            if exc.http_status in passthrough:
+                raise
+            mapped = self._map_error(exc, name, connection)
+            raise mapped from exc  # type: ignore[misc]
+        except Exception as exc:
+            mapped = self._map_error(exc, name, connection)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="goblinfs-swift")
+            return self._pool
+
+    def _parallel(self, func: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """func over items on the worker pool; results in order, the first error re-raised."""
+        if len(items) <= 1:
+            return [func(item) for item in items]
+        futures: list[Future[Any]] = [self._executor().submit(func, item) for item in items]
+        results = []
+        error: BaseException | None = None
+        for future in futures:
+            try:
+                results.append(future.result())
+            except BaseException as exc:  # noqa: B036 - collected, re-raised after all finished
+                results.append(None)
+                error = error or exc
+        if error is not None:
+            raise error
+        return results
+
+    def close(self) -> None:
+        """Stop the worker threads and drop this thread's connection (the store stays usable)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _ensure_container(self, container: str) -> None:
+        try:
+            self._call("head_container", container)
+        except FileNotFoundError:
+            log.info("creating Swift container %s", container)
+            self._call("put_container", container)
+
+    def _ensure_segment_container(self) -> None:
+        if not self._segments_ready:
+            self._ensure_container(self.segment_container)
+            self._segments_ready = True
+
+    def _fetch_capabilities(self) -> dict[str, Any]:
+        conn = self._conn()
+        try:
+            caps = conn.get_capabilities()
+        except (ClientException, RequestException, ValueError) as exc:
+            log.warning("Swift at %s gives no /info (%s); assuming Swift's default limits", self._where(conn), exc)
+            return {}
+        finally:
+            # get_capabilities leaves an /info response on the shared HTTP session.
+            conn.close()
+        return caps if isinstance(caps, dict) else {}
+
+    # ----------------------------------------------------------------------- names
+
+    def _components(self, filepath: Sequence[str]) -> list[str]:
+        return resolve_components(filepath)
+
+    def _check_new_name(self, name: str, components: Sequence[str]) -> None:
+        if len(name.encode("utf-8")) > self.max_object_name_length:
+            raise OSError(errno.ENAMETOOLONG, f"object name longer than {self.max_object_name_length} bytes", name)
+        for component in components:
+            if len(component.encode("utf-8")) > NAME_MAX:
+                raise OSError(errno.ENAMETOOLONG, f"name component longer than {NAME_MAX} bytes", component)
+
+    def _file_name(self, filepath: Sequence[str]) -> str:
+        components = self._components(filepath)
+        if not components:
+            raise IsADirectoryError(errno.EISDIR, "the store root is a directory", "")
+        name = "/".join(components)
+        if len(name.encode("utf-8")) > self.max_object_name_length:
+            raise OSError(errno.ENAMETOOLONG, f"object name longer than {self.max_object_name_length} bytes", name)
+        return name
+
+    # ---------------------------------------------------------------- low-level ops
+
+    def _head(self, name: str) -> dict[str, str] | None:
+        """HEAD of the object; None when it does not exist."""
+        try:
+            return self._call("head_object", self.container, name, name=name)
+        except FileNotFoundError:
+            return None
+
+    def _iter_listing(self, prefix: str, delimiter: str | None = None, limit: int | None = None,
+                      container: str | None = None) -> Iterator[dict[str, Any]]:
+        """The container listing under prefix, paged with marker (each page retried on its own)."""
+        marker: str | None = None
+        remaining = limit
+        while True:
+            want = self.listing_limit if remaining is None else min(self.listing_limit, remaining)
+            _, items = self._call("get_container", container or self.container, marker=marker, limit=want,
+                                  prefix=prefix or None, delimiter=delimiter, name=prefix or None)
+            yield from items
+            if remaining is not None:
+                remaining -= len(items)
+                if remaining <= 0:
+                    return
+            if len(items) < want:
+                return
+            last = items[-1]
+            marker = last.get("name", last.get("subdir"))
+
+    def _dir_probe(self, name: str) -> dict[str, Any] | None:
+        """The first listing item under ``name/`` (marker or child), None when there is none."""
+        for item in self._iter_listing(name + "/", limit=1):
+            return item
+        return None
+
+    def _not_found(self, name: str) -> OSError:
+        """The error for a name that is no object: IsADirectoryError for a directory."""
+        if self._dir_probe(name) is not None:
+            return IsADirectoryError(errno.EISDIR, "is a directory", name)
+        return FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}", name)
+
+    @staticmethod
+    def _is_slo(headers: Mapping[str, str] | None) -> bool:
+        return bool(headers) and str(headers.get("x-static-large-object", "")).lower() == "true"
+
+    def _slo_segments(self, name: str) -> list[tuple[str, str]]:
+        """(container, object) of every segment of the SLO manifest name."""
+        try:
+            _, body = self._call("get_object", self.container, name, query_string="multipart-manifest=get",
+                                 name=name)
+            manifest = json.loads(body)
+        except FileNotFoundError:
+            return []
+        except ValueError:
+            log.warning("SLO manifest of %s is not JSON; its segments are left alone", name)
+            return []
+        segments = []
+        for item in manifest:
+            path = str(item.get("name") or item.get("path") or "").lstrip("/")
+            container, _, obj = path.partition("/")
+            if container and obj:
+                segments.append((container, obj))
+        return segments
+
+    def _delete_segments(self, segments: Sequence[tuple[str, str]]) -> None:
+        def delete(segment: tuple[str, str]) -> None:
+            container, obj = segment
+            try:
+                self._call("delete_object", container, obj, name=f"{container}/{obj}")
+            except FileNotFoundError:
+                pass
+            except Exception as exc:
+                log.warning("could not delete segment %s/%s: %s", container, obj, exc)
+
+        self._parallel(delete, list(segments))
+
+    def _delete_object(self, name: str, headers: Mapping[str, str] | None = None) -> None:
+        """DELETE name; an SLO's segments go too.  FileNotFoundError when missing."""
+        if headers is None:
+            headers = self._head(name)
+            if headers is None:
+                raise FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}", name)
+        segments = self._slo_segments(name) if self._is_slo(headers) else []
+        self._call("delete_object", self.container, name, name=name)
+        self._delete_segments(segments)
+
+    def _copy(self, src: str, dst: str, headers: Mapping[str, str] | None = None) -> None:
+        """Server-side copy; an SLO manifest is copied as a manifest (its segments are shared)."""
+        copy_headers = {"X-Copy-From": "/" + urllib.parse.quote(f"{self.container}/{src}")}
+        copy_headers.update(headers or {})
+        self._call("put_object", self.container, dst, None, headers=copy_headers,
+                   query_string="multipart-manifest=get", name=src)
+
+    # --------------------------------------------------------------------- entries
+
+    def _entry_from_headers(self, leaf: str, headers: Mapping[str, str]) -> Entry:
+        content_type, mtime_ns = split_content_type(headers.get("content-type"))
+        if mtime_ns is None:
+            mtime_ns = parse_mtime(headers.get("x-object-meta-mtime"))
+        if mtime_ns is None:
+            mtime_ns = parse_mtime(headers.get("x-timestamp"))
+        if mtime_ns is None and headers.get("last-modified"):
+            with suppress(TypeError, ValueError):
+                mtime_ns = int(parsedate_to_datetime(headers["last-modified"]).timestamp()) * 1_000_000_000
+        if is_directory_type(content_type):
+            return Entry(leaf, True, 0, mtime_ns or 0)
+        return Entry(leaf, False, int(headers.get("content-length") or 0), mtime_ns or 0,
+                     _strip_etag(headers.get("etag")), content_type)
+
+    @staticmethod
+    def _entry_from_listing(leaf: str, item: Mapping[str, Any]) -> Entry:
+        content_type, mtime_ns = split_content_type(item.get("content_type"))
+        if mtime_ns is None:
+            mtime_ns = parse_listing_time(item.get("last_modified"))
+        if is_directory_type(content_type):
+            return Entry(leaf, True, 0, mtime_ns)
+        etag = _strip_etag(item.get("slo_etag") or item.get("hash"))
+        return Entry(leaf, False, int(item.get("bytes") or 0), mtime_ns, etag, content_type)
+
+    def _dir_entry(self, leaf: str, name: str, probe: Mapping[str, Any]) -> Entry:
+        mtime_ns = 0
+        if probe.get("name") == name + "/":
+            marker = self._head(name + "/")
+            if marker is not None:
+                mtime_ns = self._entry_from_headers(leaf, marker).mtime_ns
+        return Entry(leaf, True, 0, mtime_ns)
+
+    def _log_collision(self, name: str) -> None:
+        if name not in self._collisions_logged:
+            self._collisions_logged.add(name)
+            log.warning("Swift container %s has both a file and a directory named %s: showing the directory",
+                        self.container, name)
+
+    def _stat_name(self, name: str, leaf: str) -> Entry | None:
+        headers = self._head(name)
+        if headers is not None:
+            entry = self._entry_from_headers(leaf, headers)
+            if entry.is_dir:
+                return entry
+            probe = self._dir_probe(name)
+            if probe is None:
+                return entry
+            self._log_collision(name)
+            return self._dir_entry(leaf, name, probe)
+        probe = self._dir_probe(name)
+        return None if probe is None else self._dir_entry(leaf, name, probe)
+
+    # ----------------------------------------------------------------------- upload
+
+    def _effective_segment_size(self, size: int) -> int:
+        segment = max(min(self.segment_size, self.max_file_size), self.min_segment_size)
+        if size > segment and -(-size // segment) > self.max_manifest_segments:
+            segment = -(-size // self.max_manifest_segments)
+            if segment > self.max_file_size:
+                raise OSError(errno.EFBIG, f"{size} bytes is more than Swift can store as one large object")
+        return segment
+
+    def _upload(self, path: str, name: str, *, content_type: str, mtime_ns: int | None = None,
+                meta: Mapping[str, str] | None = None, exclusive: bool = False) -> Entry:
+        """Upload the local file path as object name (SLO when large); return its Entry."""
+        components = name.split("/")
+        self._check_new_name(name, components)
+        old = self._head(name)
+        if old is not None and exclusive:
+            raise FileExistsError(errno.EEXIST, "file exists", name)
+        if old is not None and is_directory_type(old.get("content-type")):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+        old_segments = self._slo_segments(name) if self._is_slo(old) else []
+        size = os.path.getsize(path)
+        segment_size = self._effective_segment_size(size)
+        if size > segment_size and not self.slo_enabled:
+            raise OSError(errno.EFBIG, "object too large and this Swift has no SLO support", name)
+        if mtime_ns is None:
+            mtime_ns = time.time_ns()
+        mtime = format_mtime(mtime_ns)
+        headers = dict(meta or {})
+        headers["X-Object-Meta-Mtime"] = mtime
+        if exclusive:
+            headers["If-None-Match"] = "*"
+        full_type = f"{content_type};{MTIME_PARAM}={mtime}"
+        try:
+            if size > segment_size:
+                etag = self._upload_slo(path, name, size, segment_size, full_type, headers)
+            else:
+                etag = self._upload_single(path, name, size, full_type, headers)
+        except ClientException as exc:
+            if exc.http_status == 412 and exclusive:
+                raise FileExistsError(errno.EEXIST, "file exists", name) from None
+            raise self._map_error(exc, name, None) from exc  # type: ignore[misc]
+        if old_segments:
+            self._delete_segments(old_segments)
+        log.debug("uploaded %s (%d bytes, %s)", name, size, "SLO" if size > segment_size else "single PUT")
+        return Entry(components[-1], False, size, mtime_ns, etag, content_type)
+
+    def _upload_single(self, path: str, name: str, size: int, full_type: str, headers: Mapping[str, str]) -> str:
+        md5 = _md5_range(path, 0, size)
+        with open(path, "rb") as source:
+            etag = self._call("put_object", self.container, name, source, content_length=size, etag=md5,
+                              content_type=full_type, headers=dict(headers), name=name, passthrough=(412,))
+        if etag and etag != md5:
+            raise OSError(errno.EIO, f"Swift stored {name} with ETag {etag}, expected {md5}", name)
+        return md5
+
+    def _upload_slo(self, path: str, name: str, size: int, segment_size: int, full_type: str,
+                    headers: Mapping[str, str]) -> str:
+        self._ensure_segment_container()
+        upload_id = uuid.uuid4().hex
+        base = name
+        if len(f"{name}/{upload_id}/00000000".encode()) > self.max_object_name_length:
+            base = hashlib.sha256(name.encode("utf-8")).hexdigest()
+        plan = [(index, start, min(segment_size, size - start))
+                for index, start in enumerate(range(0, size, segment_size))]
+
+        def put_segment(part: tuple[int, int, int]) -> tuple[str, str, int]:
+            index, start, length = part
+            segment = f"{base}/{upload_id}/{index:08d}"
+            md5 = _md5_range(path, start, length)
+            with open(path, "rb") as source:
+                source.seek(start)
+                self._call("put_object", self.segment_container, segment, source, content_length=length,
+                           etag=md5, content_type="application/octet-stream", name=segment)
+            return segment, md5, length
+
+        done: list[tuple[str, str, int]] = []
+        try:
+            done = self._parallel(put_segment, plan)
+            manifest = json.dumps([{"path": f"/{self.segment_container}/{segment}", "etag": md5, "size_bytes": length}
+                                   for segment, md5, length in done]).encode()
+            etag = self._call("put_object", self.container, name, manifest, content_length=len(manifest),
+                              content_type=full_type, headers=dict(headers),
+                              query_string="multipart-manifest=put", name=name, passthrough=(412,))
+        except BaseException:
+            uploaded = [f"{base}/{upload_id}/{index:08d}" for index, _, _ in plan]
+            self._delete_segments([(self.segment_container, segment) for segment in uploaded])
+            raise
+        return _strip_etag(etag) or ""
+
+    # ----------------------------------------------------------------- MediaGoblin API
+
+    def file_exists(self, filepath: Sequence[str]) -> bool:
+        """True if a file or a directory exists at filepath."""
+        components = self._components(filepath)
+        if not components:
+            return True
+        name = "/".join(components)
+        return self._head(name) is not None or self._dir_probe(name) is not None
+
+    def get_file(self, filepath: Sequence[str], mode: str = "r") -> BinaryIO:
+        """A binary file object for filepath, in an ``io.FileIO`` mode.
+
+        Read mode streams the object (seekable; FileNotFoundError when missing,
+        IsADirectoryError for a directory).  Write modes spool to a file in staging_dir and
+        upload on ``close()`` (an upload error is raised by close); 'a' and 'r+' start from
+        the stored content; 'x' gives FileExistsError if the name exists (checked at open and
+        at upload).  ``write`` takes bytes or a readable file object.
+        """
+        kind, plus = _parse_mode(mode)
+        name = self._file_name(filepath)
+        if kind == "r" and not plus:
+            return self._open_reader(name)  # type: ignore[return-value]
+        return self._open_writer(name, kind, plus)  # type: ignore[return-value]
+
+    def _open_reader(self, name: str) -> io.BufferedReader:
+        conn = self._new_connection()
+        try:
+            headers, body = self._call("get_object", self.container, name, resp_chunk_size=READ_CHUNK, name=name,
+                                       conn=conn)
+        except FileNotFoundError:
+            conn.close()
+            raise self._not_found(name) from None
+        except BaseException:
+            conn.close()
+            raise
+        if is_directory_type(headers.get("content-type")):
+            body.close()
+            conn.close()
+            raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+        return io.BufferedReader(SwiftReader(self, name, conn, headers, body), buffer_size=READ_CHUNK)
+
+    def _open_writer(self, name: str, kind: str, plus: bool) -> SwiftWriter:
+        components = name.split("/")
+        self._check_new_name(name, components)
+        headers = self._head(name)
+        if headers is None:
+            if self._dir_probe(name) is not None:
+                if kind == "x":
+                    raise FileExistsError(errno.EEXIST, "file exists", name)
+                raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+            if kind == "r":
+                raise FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}", name)
+        elif is_directory_type(headers.get("content-type")):
+            raise (FileExistsError(errno.EEXIST, "file exists", name) if kind == "x"
+                   else IsADirectoryError(errno.EISDIR, "is a directory", name))
+        elif kind == "x":
+            raise FileExistsError(errno.EEXIST, "file exists", name)
+        content_type = _guess_type(components[-1])
+        meta: dict[str, str] = {}
+        fd, spool = tempfile.mkstemp(prefix="goblinfs-spool-", dir=self.staging_dir)
+        os.close(fd)
+        try:
+            if headers is not None and kind in "ar":
+                content_type = split_content_type(headers.get("content-type"))[0] or content_type
+                meta = _header_meta(headers)
+                meta.pop("X-Object-Manifest", None)
+                meta.pop("x-object-manifest", None)
+                self._download(name, spool)
+            file_mode = {"r": "rb+", "w": "wb+" if plus else "wb", "x": "wb+" if plus else "wb",
+                         "a": "ab+" if plus else "ab"}[kind]
+            return SwiftWriter(self, name, spool, file_mode, content_type=content_type, meta=meta,
+                               exclusive=(kind == "x"), dirty=(kind in "wx"))
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(spool)
+            raise
+
+    def _download(self, name: str, dest_path: str) -> None:
+        conn = self._new_connection()
+        try:
+            _, body = self._call("get_object", self.container, name, resp_chunk_size=READ_CHUNK, name=name,
+                                 conn=conn)
+            try:
+                with open(dest_path, "wb") as dest:
+                    for chunk in body:
+                        dest.write(chunk)
+            except (RequestException, ConnectionError, TimeoutError) as exc:
+                raise StorageUnavailable(f"downloading {name} from Swift failed: {exc}") from exc
+            finally:
+                body.close()
+        finally:
+            conn.close()
+
+    def delete_file(self, filepath: Sequence[str]) -> None:
+        """Delete the file (an SLO with its segments); FileNotFoundError if missing, IsADirectoryError for a dir."""
+        name = self._file_name(filepath)
+        headers = self._head(name)
+        if headers is None:
+            raise self._not_found(name)
+        if is_directory_type(headers.get("content-type")):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+        self._delete_object(name, headers)
+
+    def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:
+        """Delete the directory; True on success, False when missing, not empty (non-recursive) or the root.
+
+        Non-recursive: only a directory holding nothing but its marker.  Recursive: every
+        object under it (SLO segments too), then the marker.
+        """
+        components = self._components(dirpath)
+        if not components:
+            return False
+        name = "/".join(components)
+        prefix = name + "/"
+        dir_object = self._head(name)
+        if dir_object is not None and not is_directory_type(dir_object.get("content-type")):
+            dir_object = None  # a file of that name is not the directory
+        if not recursive:
+            items = list(self._iter_listing(prefix, limit=2))
+            if any(item.get("name") != prefix for item in items):
+                return False
+            if not items and dir_object is None:
+                return False
+            for item in items:
+                with suppress(FileNotFoundError):
+                    self._call("delete_object", self.container, item["name"], name=item["name"])
+            if dir_object is not None:
+                with suppress(FileNotFoundError):
+                    self._call("delete_object", self.container, name, name=name)
+            return True
+        items = list(self._iter_listing(prefix))
+        if not items and dir_object is None:
+            return False
+
+        def delete(item: Mapping[str, Any]) -> None:
+            name = item["name"]
+            headers: Mapping[str, str] | None = {}
+            if self._maybe_slo(item):
+                headers = self._head(name)
+                if headers is None:
+                    return
+            with suppress(FileNotFoundError):
+                self._delete_object(name, headers)
+
+        # Children first, the marker last, so an interrupted delete leaves a directory.
+        children = [item for item in items if item.get("name") != prefix]
+        self._parallel(delete, children)
+        for item in items:
+            if item.get("name") == prefix:
+                with suppress(FileNotFoundError):
+                    self._call("delete_object", self.container, prefix, name=prefix)
+        if dir_object is not None:
+            with suppress(FileNotFoundError):
+                self._call("delete_object", self.container, name, name=name)
+        return True
+
+    @staticmethod
+    def _maybe_slo(item: Mapping[str, Any]) -> bool:
+        """Whether a listing item may be an SLO manifest (then a HEAD tells)."""
+        return "slo_etag" in item
+
+    def file_url(self, filepath: Sequence[str]) -> str:
+        """urljoin(base_url, cleaned path) when base_url is set, else the object's storage URL."""
+        components = self._components(filepath)
+        path = "/".join(components)
+        if self.base_url:
+            return urllib.parse.urljoin(self.base_url, path)
+        storage_url = self._conn().url or (self._auth[0] if self._auth else None)
+        if not storage_url:
+            raise NoWebServing()
+        return f"{storage_url.rstrip('/')}/{urllib.parse.quote(self.container)}/{urllib.parse.quote(path)}"
+
+    def get_local_path(self, filepath: Sequence[str]) -> str:
+        """Not a local store: raises the storage NotImplementedError."""
+        raise StorageNotImplementedError()
+
+    def get_file_size(self, filepath: Sequence[str]) -> int:
+        """Size in bytes (an SLO's full size); FileNotFoundError if missing, IsADirectoryError for a dir."""
+        name = self._file_name(filepath)
+        headers = self._head(name)
+        if headers is None:
+            raise self._not_found(name)
+        if is_directory_type(headers.get("content-type")):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+        return int(headers.get("content-length") or 0)
+
+    def copy_locally(self, filepath: Sequence[str], dest_path: str) -> None:
+        """Download the object to dest_path (into it, if a directory), streamed in chunks."""
+        name = self._file_name(filepath)
+        if os.path.isdir(dest_path):
+            dest_path = os.path.join(dest_path, name.rsplit("/", 1)[-1])
+        try:
+            self._download(name, dest_path)
+        except FileNotFoundError:
+            raise self._not_found(name) from None
+
+    def copy_local_to_storage(self, filename: str, filepath: Sequence[str]) -> None:
+        """Upload the local file filename to filepath (streamed; SLO when large)."""
+        self.store_local_file(filename, filepath)
+
+    # ------------------------------------------------------------ filesystem extension
+
+    def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None) -> Entry:
+        """Upload filename to filepath with its mtime (default: now); return the new Entry.
+
+        The Entry's etag is the one stat and list_dir report (an SLO's too).
+        """
+        name = self._file_name(filepath)
+        components = name.split("/")
+        self._check_new_name(name, components)
+        if self._head(name) is None and self._dir_probe(name) is not None:
+            raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+        return self._upload(filename, name, content_type=_guess_type(components[-1]), mtime_ns=mtime_ns)
+
+    def list_dir(self, dirpath: Sequence[str]) -> list[Entry]:
+        """One directory's children from a delimiter listing, without a HEAD per object.
+
+        ``subdir`` entries and ``application/directory`` objects are directories; a name that
+        is both a file and a directory is listed as the directory.  FileNotFoundError when
+        nothing is there, NotADirectoryError for a file.
+        """
+        components = self._components(dirpath)
+        name = "/".join(components)
+        prefix = name + "/" if components else ""
+        entries: dict[str, Entry] = {}
+        found = False
+        for item in self._iter_listing(prefix, delimiter="/"):
+            found = True
+            if "subdir" in item:
+                leaf = item["subdir"][len(prefix):].rstrip("/")
+                if not leaf or "/" in leaf:
+                    continue
+                previous = entries.get(leaf)
+                if previous is not None and not previous.is_dir:
+                    self._log_collision(prefix + leaf)
+                entries[leaf] = Entry(leaf, True, 0, previous.mtime_ns if previous and previous.is_dir else 0)
+                continue
+            leaf = item.get("name", "")[len(prefix):]
+            if not leaf:
+                continue  # the directory's own marker
+            entry = self._entry_from_listing(leaf, item)
+            previous = entries.get(leaf)
+            if previous is not None and previous.is_dir and not entry.is_dir:
+                self._log_collision(prefix + leaf)
+                continue
+            entries[leaf] = entry
+        if not found and components:
+            headers = self._head(name)
+            if headers is None:
+                raise FileNotFoundError(errno.ENOENT, "no such directory", name)
+            if not is_directory_type(headers.get("content-type")):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
+        return list(entries.values())
+
+    def stat(self, filepath: Sequence[str]) -> Entry:
+        """The Entry of a file (HEAD) or directory (marker or children); FileNotFoundError if missing."""
+        components = self._components(filepath)
+        if not components:
+            return Entry("", True)
+        name = "/".join(components)
+        entry = self._stat_name(name, components[-1])
+        if entry is None:
+            raise FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}", name)
+        return entry
+
+    def read_range(self, filepath: Sequence[str], offset: int, length: int) -> bytes:
+        """Up to length bytes from offset with one ranged GET (SLOs too); b'' at or after the end."""
+        if offset < 0 or length < 0:
+            raise OSError(errno.EINVAL, "negative offset or length")
+        name = self._file_name(filepath)
+        if length == 0:
+            return b""
+        try:
+            headers, body = self._call("get_object", self.container, name,
+                                       headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+                                       name=name, passthrough=(416,))
+        except ClientException:  # 416: offset at or past the end
+            return b""
+        except FileNotFoundError:
+            raise self._not_found(name) from None
+        if "content-range" not in headers:
+            # The whole object came back (a server that ignores Range).
+            return body[offset:offset + length]
+        return body
+
+    def move(self, src: Sequence[str], dst: Sequence[str]) -> None:
+        """Rename with server-side copies and deletes; never moves data through the client.
+
+        A file's metadata (mtime) goes with it; an SLO's manifest is copied, its segments
+        stay and now belong to dst.  A replaced SLO at dst loses its segments.  A directory
+        moves every object under it (marker included).  Not atomic.
+        """
+        src_components = self._components(src)
+        dst_components = self._components(dst)
+        if not src_components:
+            raise OSError(errno.EBUSY, "cannot move the store root", "")
+        if not dst_components:
+            raise OSError(errno.EBUSY, "cannot replace the store root", "")
+        src_name = "/".join(src_components)
+        dst_name = "/".join(dst_components)
+        src_headers = self._head(src_name)
+        src_is_file = src_headers is not None and not is_directory_type(src_headers.get("content-type"))
+        if src_is_file and self._dir_probe(src_name) is not None:
+            src_is_file = False  # the directory wins, as in stat
+        if not src_is_file and src_headers is None and self._dir_probe(src_name) is None:
+            raise FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}", src_name)
+        if src_name == dst_name:
+            return
+        self._check_new_name(dst_name, dst_components)
+        if src_is_file:
+            self._move_file(src_name, dst_name, src_headers or {})
+        else:
+            if dst_components[: len(src_components)] == src_components:
+                raise OSError(errno.EINVAL, "cannot move a directory into itself", dst_name)
+            self._move_dir(src_name, dst_name, src_headers)
+
+    def _move_file(self, src_name: str, dst_name: str, src_headers: Mapping[str, str]) -> None:
+        dst_headers = self._head(dst_name)
+        if (dst_headers is not None and is_directory_type(dst_headers.get("content-type"))) or \
+                self._dir_probe(dst_name) is not None:
+            raise IsADirectoryError(errno.EISDIR, "is a directory", dst_name)
+        old_segments = self._slo_segments(dst_name) if self._is_slo(dst_headers) else []
+        self._copy(src_name, dst_name)
+        self._call("delete_object", self.container, src_name, name=src_name)
+        if old_segments:
+            self._delete_segments(old_segments)
+
+    def _move_dir(self, src_name: str, dst_name: str, src_dir_object: Mapping[str, str] | None) -> None:
+        src_prefix, dst_prefix = src_name + "/", dst_name + "/"
+        dst_headers = self._head(dst_name)
+        dst_dir_object = dst_headers is not None and is_directory_type(dst_headers.get("content-type"))
+        dst_items = list(self._iter_listing(dst_prefix, limit=2))
+        if dst_headers is not None and not dst_dir_object and not dst_items:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", dst_name)
+        if any(item.get("name") != dst_prefix for item in dst_items):
+            raise OSError(errno.ENOTEMPTY, "directory not empty", dst_name)
+        items = list(self._iter_listing(src_prefix))
+        names = [item["name"] for item in items]
+        for name in names:
+            new_name = dst_prefix + name[len(src_prefix):]
+            self._check_new_name(new_name, new_name.rstrip("/").split("/"))
+        self._parallel(lambda name: self._copy(name, dst_prefix + name[len(src_prefix):]), names)
+        if src_dir_object is not None and is_directory_type(src_dir_object.get("content-type")):
+            self._copy(src_name, dst_name)
+        self._parallel(lambda name: self._delete_quietly(name), names)
+        if src_dir_object is not None and is_directory_type(src_dir_object.get("content-type")):
+            self._delete_quietly(src_name)
+
+    def _delete_quietly(self, name: str) -> None:
+        with suppress(FileNotFoundError):
+            self._call("delete_object", self.container, name, name=name)
+
+    def _put_marker(self, marker: str, mtime_ns: int | None) -> None:
+        mtime = format_mtime(time.time_ns() if mtime_ns is None else mtime_ns)
+        self._call("put_object", self.container, marker, b"", content_length=0, content_type=DIRECTORY_TYPE,
+                   headers={"X-Object-Meta-Mtime": mtime}, name=marker)
+
+    def make_dir(self, dirpath: Sequence[str]) -> None:
+        """Create the directory marker ``name/`` (application/directory), and markers for missing parents.
+
+        FileExistsError when something exists there; NotADirectoryError when a parent is a file.
+        """
+        components = self._components(dirpath)
+        if not components:
+            raise FileExistsError(errno.EEXIST, "the store root exists", "")
+        name = "/".join(components)
+        self._check_new_name(name + "/", components)
+        if self._stat_name(name, components[-1]) is not None:
+            raise FileExistsError(errno.EEXIST, "file exists", name)
+        missing = [name]
+        for depth in range(len(components) - 1, 0, -1):
+            parent = "/".join(components[:depth])
+            entry = self._stat_name(parent, components[depth - 1])
+            if entry is None:
+                missing.append(parent)
+                continue
+            if not entry.is_dir:
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", parent)
+            break
+        now = time.time_ns()
+        for directory in reversed(missing):
+            self._put_marker(directory + "/", now)
+
+    def set_mtime(self, filepath: Sequence[str], mtime_ns: int) -> None:
+        """Set the mtime of a file (Content-Type parameter and X-Object-Meta-Mtime, by POST) or a
+        directory (its marker's X-Object-Meta-Mtime; a marker is created if it had none).
+
+        Other metadata is re-sent (a POST replaces it); SLO manifests stay manifests.  The
+        root has no mtime to set (ignored).
+        """
+        components = self._components(filepath)
+        if not components:
+            log.debug("set_mtime of the store root ignored")
+            return
+        name = "/".join(components)
+        mtime = format_mtime(mtime_ns)
+        headers = self._head(name)
+        if headers is None or is_directory_type(headers.get("content-type")) or self._dir_probe(name) is not None:
+            if headers is not None and is_directory_type(headers.get("content-type")):
+                post = _header_meta(headers)
+                post.update({"Content-Type": DIRECTORY_TYPE, "X-Object-Meta-Mtime": mtime})
+                self._call("post_object", self.container, name, post, name=name)
+                return
+            if self._dir_probe(name) is None:
+                raise FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}", name)
+            marker = self._head(name + "/")
+            if marker is None:
+                self._put_marker(name + "/", mtime_ns)
+                return
+            post = _header_meta(marker)
+            post.update({"Content-Type": DIRECTORY_TYPE, "X-Object-Meta-Mtime": mtime})
+            self._call("post_object", self.container, name + "/", post, name=name)
+            return
+        content_type = split_content_type(headers.get("content-type"))[0] or _guess_type(components[-1])
+        post = _header_meta(headers)
+        post.update({"Content-Type": f"{content_type};{MTIME_PARAM}={mtime}", "X-Object-Meta-Mtime": mtime})
+        self._call("post_object", self.container, name, post, name=name)
+
+    def space(self) -> Space:
+        """From HEAD of the account: bytes and objects used; total/free from X-Account-Meta-Quota-Bytes."""
+        headers = self._call("head_account")
+        used = int(headers.get("x-account-bytes-used") or 0)
+        objects = int(headers.get("x-account-object-count") or 0)
+        quota_text = headers.get("x-account-meta-quota-bytes")
+        quota = int(quota_text) if quota_text and quota_text.strip().isdigit() else None
+        return Space(total=quota, used=used, free=None if quota is None else max(quota - used, 0), objects=objects)
+
+
+#: MediaGoblin's class name.
+CloudFilesStorage = CloudFileStorage
