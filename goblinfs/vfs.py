@@ -230,7 +230,7 @@ class Vfs:
                 # The name changed kind behind our back: a new inode.
                 self._drop_path(node)
             else:
-                if node.staging is None:
+                if node.staging is None and node.writers <= 0:
                     node.entry = entry
                     node.fetched = time.monotonic()
                 return node
@@ -613,6 +613,7 @@ class Vfs:
             entry = Entry(name=clean, is_dir=False, size=0, mtime_ns=now)
             node = self._node_for(store, path, entry)
             handle = self._new_handle(node, fd, True, True, append=bool(flags & os.O_APPEND))
+            node.writers += 1
         else:
             entry = Entry(name=clean, is_dir=False, size=0, mtime_ns=now, etag=None)
             node = self._node_for(store, path, entry)
@@ -644,6 +645,8 @@ class Vfs:
                 open_flags |= os.O_TRUNC
             fd = await store.call(store.storage.open_fd, node.path, open_flags)
             handle = self._new_handle(node, fd, writable, True, append=append)
+            if writable:
+                node.writers += 1
             if truncate:
                 node.entry = _with(node.entry, size=0, mtime_ns=time.time_ns())
             return handle
@@ -805,9 +808,21 @@ class Vfs:
             node.dirty = True
             node.pending_mtime = None
         end = offset + written
-        size = max(node.entry.size, end)
-        node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())
+        if end > node.entry.size or node.pending_mtime is not None:
+            node.entry = _with(node.entry, size=max(node.entry.size, end), mtime_ns=time.time_ns())
+            self._touch_parent(node)
+        else:
+            node.entry = _with(node.entry, mtime_ns=time.time_ns())
         return written
+
+    def _touch_parent(self, node: Node) -> None:
+        """Keep the parent's cached listing in step with what we know of a node we changed."""
+        if node.store is None or not node.path:
+            return
+        parent_ino = self.by_path.get((node.store.name, node.path.parent))
+        parent = self.nodes.get(parent_ino) if parent_ino is not None else None
+        if parent is not None and parent.children is not None and node.path[-1] in parent.children:
+            parent.children[node.path[-1]] = node.entry
 
     async def flush(self, fh: int) -> None:
         """close(2) of a descriptor: a remote file is uploaded now; errors reach close()."""
@@ -859,8 +874,10 @@ class Vfs:
         node = handle.node
         node.open_count -= 1
         try:
-            if handle.writable and node.staging is not None:
+            if handle.writable:
                 node.writers -= 1
+                self._touch_parent(node)
+            if handle.writable and node.staging is not None:
                 if node.dirty:
                     try:
                         await self._upload(node)
@@ -940,6 +957,7 @@ class Vfs:
                 finally:
                     os.close(fd)
             node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())
+            self._touch_parent(node)
             return
         async with node.lock:
             if node.staging is None:
