@@ -313,4 +313,9 @@ def _store_identity(storage: StorageInterface) -> str:
         return str(ident())
     if ident:
         return str(ident)
-    return f"{type(storage).__name__}:{getattr(storage, 'base_dir', '')}"
+    parts = [type(storage).__name__]
+    for attr in ("auth_url", "user", "container", "base_dir"):
+        value = getattr(storage, attr, None)
+        if value:
+            parts.append(str(value))
+    return ":".join(parts)

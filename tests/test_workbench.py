@@ -175,3 +175,18 @@ def test_failed_download_leaves_nothing(tmp_path: Any) -> None:
 def test_workbench_str(tmp_path: Any) -> None:
     wb = Workbench(str(tmp_path))
     assert str(wb) == str(tmp_path) and repr(wb) == str(tmp_path)
+
+
+def test_cache_keys_differ_per_store(tmp_path: Any) -> None:
+    class Remote:
+        local_storage = False
+
+        def __init__(self, container: str) -> None:
+            self.auth_url = "http://127.0.0.1:1/auth/v1.0"
+            self.user = "test:tester"
+            self.container = container
+
+    queue_key = ReadCache.key_for(Remote("media-queue"), ["a.jpg"])[0]  # type: ignore[arg-type]
+    public_key = ReadCache.key_for(Remote("media"), ["a.jpg"])[0]  # type: ignore[arg-type]
+    assert queue_key != public_key
+    assert ReadCache.key_for(Remote("media"), ["a.jpg"])[0] == public_key  # type: ignore[arg-type]
