@@ -13,6 +13,7 @@ ready, or exits non-zero with one line saying why it could not mount.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -71,6 +72,8 @@ def cmd_mount(argv: list[str], prog: str = "goblinfs mount") -> int:
             return run(prepared, mountpoint)
         except (ConfigError, MountFailed) as exc:
             return _fail(str(exc))
+        except OSError as exc:
+            return _fail(f"{exc.filename or mountpoint}: {exc.strerror or exc}")
     return _daemonize(config, mountpoint, opts, store)
 
 
@@ -90,6 +93,14 @@ def _daemonize(config: object, mountpoint: str, opts: object, store: str | None)
     """Fork; the child mounts and reports 'ready' or the error line through a pipe."""
     from .mount import MountFailed, prepare, run, setup_logging
 
+    logfile = opts.logfile or os.path.join(  # type: ignore[attr-defined]
+        opts.cache_dir or config.workbench_path, "goblinfs.log")  # type: ignore[attr-defined]
+    try:
+        os.makedirs(os.path.dirname(logfile), exist_ok=True)
+        with open(logfile, "a"):
+            pass
+    except OSError as exc:
+        return _fail(f"cannot write the log file {logfile}: {exc.strerror}")
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid:
@@ -105,9 +116,6 @@ def _daemonize(config: object, mountpoint: str, opts: object, store: str | None)
     os.setsid()
     status = 1
     try:
-        logfile = opts.logfile or os.path.join(  # type: ignore[attr-defined]
-            opts.cache_dir or config.workbench_path, "goblinfs.log")  # type: ignore[attr-defined]
-        os.makedirs(os.path.dirname(logfile), exist_ok=True)
         setup_logging(opts.debug, logfile)  # type: ignore[attr-defined]
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
@@ -126,8 +134,10 @@ def _daemonize(config: object, mountpoint: str, opts: object, store: str | None)
             status = run(prepared, mountpoint, ready)
         except MountFailed as exc:
             os.write(write_fd, str(exc).encode())
-    except BaseException:
+    except BaseException as exc:
         log.exception("daemon failed")
+        with contextlib.suppress(OSError):
+            os.write(write_fd, f"the mount daemon failed: {exc}".encode())
     finally:
         os._exit(status)
 

@@ -126,20 +126,41 @@ def parse_options(pairs: list[str], base: MountOptions | None = None) -> MountOp
     return opts
 
 
+DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
+def _in_mountinfo(path: str) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            field = line.split()[4].replace("\\040", " ")
+            if field == real:
+                return True
+    return False
+
+
 def _mountpoint_state(mountpoint: str) -> str:
     """'ok', 'missing', 'notdir', 'mounted' or 'stale' (a dead FUSE mount)."""
+    if _in_mountinfo(mountpoint):
+        # statvfs is never answered from the kernel's attribute cache: it reaches the daemon.
+        try:
+            os.statvfs(mountpoint)
+        except OSError as exc:
+            if exc.errno in DEAD_MOUNT_ERRNOS:
+                return "stale"
+            raise MountFailed(f"mountpoint {mountpoint}: {exc.strerror}") from None
+        return "mounted"
     try:
-        st = os.stat(mountpoint)
+        os.stat(mountpoint)
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in DEAD_MOUNT_ERRNOS:
             return "stale"
-        raise
+        raise MountFailed(f"mountpoint {mountpoint}: {exc.strerror}") from None
     if not os.path.isdir(mountpoint):
         return "notdir"
-    del st
-    return "mounted" if os.path.ismount(mountpoint) else "ok"
+    return "ok"
 
 
 def check_mountpoint(mountpoint: str) -> None:
@@ -172,15 +193,15 @@ def prepare(config: GoblinConfig, mountpoint: str, opts: MountOptions, only_stor
         if only_store not in config.stores:
             raise MountFailed(f"--store {only_store}: no such store (have: {', '.join(names)})")
         names = [only_store]
-    if config.path is None:
-        ensure_local_dirs(config)
     workbench = opts.cache_dir or config.options.get("cache_dir") or config.workbench_path
     try:
+        if config.path is None:
+            ensure_local_dirs(config)
         manager = WorkbenchManager(workbench, cache_size=opts.cache_size)
+        staging = os.path.join(manager.base_workbench_dir, "staging")
+        os.makedirs(staging, mode=0o700, exist_ok=True)
     except OSError as exc:
-        raise MountFailed(f"cannot use workbench/cache directory {workbench}: {exc.strerror}") from None
-    staging = os.path.join(manager.base_workbench_dir, "staging")
-    os.makedirs(staging, mode=0o700, exist_ok=True)
+        raise MountFailed(f"cannot create {exc.filename or workbench}: {exc.strerror}") from None
     opts.vfs.staging_dir = staging
     stores = []
     any_remote = False
@@ -299,6 +320,8 @@ def setup_logging(debug: bool, logfile: str | None) -> None:
 
 def unmount(mountpoint: str, lazy: bool = False) -> None:
     """Unmount (fusermount3 -u, or umount as root); MountFailed with the reason."""
+    if not _in_mountinfo(mountpoint):
+        raise MountFailed(f"{mountpoint} is not mounted")
     args = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:

@@ -63,7 +63,6 @@ from requests.exceptions import RequestException
 from swiftclient.client import ClientException, Connection
 
 from . import (
-    COPY_CHUNK,
     NAME_MAX,
     Entry,
     NoWebServing,
@@ -83,8 +82,9 @@ MTIME_PARAM = "goblinfs_mtime"
 DIRECTORY_TYPE = "application/directory"
 #: Default size of SLO segments (objects larger than this are segmented).
 DEFAULT_SEGMENT_SIZE = 100 * 1048576
-#: Size of the chunks read from a GET response.
-READ_CHUNK = 1048576
+#: Size of the chunks read from a GET response, copied from a file object or hashed.
+READ_CHUNK = 262144
+HASH_CHUNK = READ_CHUNK
 #: Threads uploading segments / copying and deleting objects in parallel.
 DEFAULT_WORKERS = 4
 #: Swift defaults, used when GET /info does not answer.
@@ -188,6 +188,23 @@ def parse_listing_time(value: str | None) -> int:
     return calendar.timegm(moment.timetuple()) * 1_000_000_000 + fraction
 
 
+def listing_etag(item: Mapping[str, Any]) -> str | None:
+    """The etag of a listing item as HEAD reports it.
+
+    For an SLO, HEAD gives the SLO etag (MD5 of the segments' etags) while the listing's
+    ``hash`` is the manifest's MD5 followed by ``; slo_etag=<SLO etag>`` (Swift 2.30; newer
+    releases may give ``slo_etag`` as a key of its own): the SLO etag is taken.
+    """
+    value = str(item.get("hash") or "")
+    base, _, params = value.partition(";")
+    slo_etag = item.get("slo_etag")
+    for param in params.split(";"):
+        key, sep, param_value = param.strip().partition("=")
+        if sep and key.strip().lower() == "slo_etag" and not slo_etag:
+            slo_etag = param_value.strip()
+    return _strip_etag(slo_etag) or _strip_etag(base) or None
+
+
 def _strip_etag(value: str | None) -> str | None:
     return value.strip().strip('"') if value else None
 
@@ -233,7 +250,7 @@ def _md5_range(path: str, start: int, length: int) -> str:
         source.seek(start)
         remaining = length
         while remaining > 0:
-            chunk = source.read(min(COPY_CHUNK, remaining))
+            chunk = source.read(min(HASH_CHUNK, remaining))
             if not chunk:
                 raise OSError(errno.EIO, f"{path} shrank while being uploaded")
             digest.update(chunk)
@@ -293,6 +310,10 @@ class SwiftReader(io.RawIOBase):
         self._body: Any = body
         self._body_pos = 0
 
+    def _check_closed(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
     def readable(self) -> bool:
         return True
 
@@ -321,7 +342,7 @@ class SwiftReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         self._check_closed()
         view = memoryview(buffer).cast("B")
-        wanted = min(len(view), self.size - self._pos)
+        wanted = min(len(view), self.size - self._pos, READ_CHUNK)
         if wanted <= 0:
             return 0
         if self._body is None or self._body_pos != self._pos:
@@ -392,7 +413,7 @@ class SwiftWriter(io.FileIO):
         if hasattr(data, "read"):
             total = 0
             while True:
-                chunk = data.read(COPY_CHUNK)
+                chunk = data.read(READ_CHUNK)
                 if not chunk:
                     return total
                 total += self.write(chunk)
@@ -624,10 +645,19 @@ class CloudFileStorage(StorageInterface):
             return self._pool
 
     def _parallel(self, func: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """func over items on the worker pool; results in order, the first error re-raised."""
-        if len(items) <= 1:
+        """func over items on the worker pool; results in order, the first error re-raised.
+
+        Inside a pool worker (a task that itself fans out) it runs in line: waiting on the
+        pool from the pool could deadlock.
+        """
+        if len(items) <= 1 or getattr(self._local, "in_pool", False):
             return [func(item) for item in items]
-        futures: list[Future[Any]] = [self._executor().submit(func, item) for item in items]
+
+        def task(item: Any) -> Any:
+            self._local.in_pool = True
+            return func(item)
+
+        futures: list[Future[Any]] = [self._executor().submit(task, item) for item in items]
         results = []
         error: BaseException | None = None
         for future in futures:
@@ -811,8 +841,7 @@ class CloudFileStorage(StorageInterface):
             mtime_ns = parse_listing_time(item.get("last_modified"))
         if is_directory_type(content_type):
             return Entry(leaf, True, 0, mtime_ns)
-        etag = _strip_etag(item.get("slo_etag") or item.get("hash"))
-        return Entry(leaf, False, int(item.get("bytes") or 0), mtime_ns, etag, content_type)
+        return Entry(leaf, False, int(item.get("bytes") or 0), mtime_ns, listing_etag(item), content_type)
 
     def _dir_entry(self, leaf: str, name: str, probe: Mapping[str, Any]) -> Entry:
         mtime_ns = 0
@@ -1092,7 +1121,7 @@ class CloudFileStorage(StorageInterface):
     @staticmethod
     def _maybe_slo(item: Mapping[str, Any]) -> bool:
         """Whether a listing item may be an SLO manifest (then a HEAD tells)."""
-        return "slo_etag" in item
+        return "slo_etag" in item or "slo_etag=" in str(item.get("hash") or "")
 
     def file_url(self, filepath: Sequence[str]) -> str:
         """urljoin(base_url, cleaned path) when base_url is set, else the object's storage URL."""
@@ -1330,26 +1359,27 @@ class CloudFileStorage(StorageInterface):
         name = "/".join(components)
         mtime = format_mtime(mtime_ns)
         headers = self._head(name)
-        if headers is None or is_directory_type(headers.get("content-type")) or self._dir_probe(name) is not None:
-            if headers is not None and is_directory_type(headers.get("content-type")):
-                post = _header_meta(headers)
-                post.update({"Content-Type": DIRECTORY_TYPE, "X-Object-Meta-Mtime": mtime})
-                self._call("post_object", self.container, name, post, name=name)
-                return
-            if self._dir_probe(name) is None:
-                raise FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}", name)
-            marker = self._head(name + "/")
-            if marker is None:
-                self._put_marker(name + "/", mtime_ns)
-                return
-            post = _header_meta(marker)
-            post.update({"Content-Type": DIRECTORY_TYPE, "X-Object-Meta-Mtime": mtime})
-            self._call("post_object", self.container, name + "/", post, name=name)
+        dir_object = headers is not None and is_directory_type(headers.get("content-type"))
+        if headers is not None and not dir_object and self._dir_probe(name) is None:
+            # A file: our Content-Type parameter (for listings) and the swift CLI header.
+            content_type = split_content_type(headers.get("content-type"))[0] or _guess_type(components[-1])
+            post = _header_meta(headers)
+            post.update({"Content-Type": f"{content_type};{MTIME_PARAM}={mtime}", "X-Object-Meta-Mtime": mtime})
+            self._call("post_object", self.container, name, post, name=name)
             return
-        content_type = split_content_type(headers.get("content-type"))[0] or _guess_type(components[-1])
+        if headers is not None and dir_object:
+            target = name  # an application/directory object without the slash
+        else:
+            if headers is None and self._dir_probe(name) is None:
+                raise FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}", name)
+            target = name + "/"
+            headers = self._head(target)
+            if headers is None:
+                self._put_marker(target, mtime_ns)
+                return
         post = _header_meta(headers)
-        post.update({"Content-Type": f"{content_type};{MTIME_PARAM}={mtime}", "X-Object-Meta-Mtime": mtime})
-        self._call("post_object", self.container, name, post, name=name)
+        post.update({"Content-Type": DIRECTORY_TYPE, "X-Object-Meta-Mtime": mtime})
+        self._call("post_object", self.container, target, post, name=target)
 
     def space(self) -> Space:
         """From HEAD of the account: bytes and objects used; total/free from X-Account-Meta-Quota-Bytes."""
