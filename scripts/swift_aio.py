@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -53,6 +54,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +78,8 @@ RING_KINDS = ("account", "container", "object")
 UPDATERS = (("container-updater", "swift-container-updater", "container"),
             ("object-updater", "swift-object-updater", "object"))
 #: Seconds between the passes of each updater (by the config it reads).  Each pass forks a child
-#: that re-runs eventlet's monkey patching: ~0.5 s of CPU, so not every second.
-UPDATER_INTERVAL = {"account": 30, "container": 10, "object": 30}
+#: that re-runs eventlet's monkey patching (~0.5-1 s of CPU), so not every second.
+UPDATER_INTERVAL = {"account": 60, "container": 10, "object": 60}
 #: Order of the ports from --port-base.
 PORT_NAMES = ("proxy", "account", "container", "object", "memcached")
 HOST_SWIFT_CONF = Path("/etc/swift/swift.conf")
@@ -464,12 +466,29 @@ def _build_rings(state: Path, ports: dict[str, int]) -> None:
 # --------------------------------------------------------------------------- start
 
 
+def _pdeathsig_preexec(parent: int) -> Callable[[], None]:
+    """A preexec_fn making the child get SIGTERM when the thread that started it dies.
+
+    The setting survives the exec chain unshare -> sh -> server (none is set-user-ID).
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 class _Starter:
     """Spawns the processes of one instance, recording each PID as soon as it exists."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, die_with_parent: bool = False) -> None:
         self.state = state
         self.record = _read_procs(state)
+        self.preexec = _pdeathsig_preexec(os.getpid()) if die_with_parent else None
 
     def save(self) -> None:
         _write_json(self.state / PROCS_FILE, self.record)
@@ -480,7 +499,8 @@ class _Starter:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} swift_aio: {' '.join(argv)}\n".encode())
             log.flush()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    cwd=self.state, env=_child_env(), start_new_session=True, close_fds=True)
+                                    cwd=self.state, env=_child_env(), start_new_session=True, close_fds=True,
+                                    preexec_fn=self.preexec)
         _CHILDREN[proc.pid] = proc
         st = _proc_stat(proc.pid)
         self.record["procs"].append({
@@ -585,13 +605,19 @@ def _wait_ready(auth_url: str, deadline: float, procs: dict[str, subprocess.Pope
 
 def start(dir: str | os.PathLike[str], max_file_size: int = DEFAULT_MAX_FILE_SIZE,
           port_base: int | None = None, timeout: float = START_TIMEOUT,
-          devices_tmpfs: bool | None = None, updaters: bool = True) -> dict[str, Any]:
+          devices_tmpfs: bool | None = None, updaters: bool = True,
+          die_with_parent: bool = True) -> dict[str, Any]:
     """Start memcached and the Swift servers with their state in ``dir``; return the env dict.
 
     Ports are chosen free unless ``port_base`` is given (then proxy, account, container, object
     and memcached listen on port_base .. port_base+4).  ``updaters=False`` leaves out the
     container and object updaters (no background CPU, e.g. for benchmarks; the account's
-    byte/object counts then stay stale).  ``devices_tmpfs``: None mounts a tmpfs
+    byte/object counts then stay stale).
+
+    ``die_with_parent`` (the default in process; the command line turns it off): the processes
+    get SIGTERM when the calling thread dies, so a killed test run (timeout, SIGKILL) leaves no
+    orphaned servers.  Call it from a thread that lives as long as the servers should (the main
+    thread; not a worker thread that ends).  ``devices_tmpfs``: None mounts a tmpfs
     for the devices only if the disk lacks user xattrs.  Data in ``dir`` survives a stop/start.
     On failure everything started is stopped again and AioError is raised.
     """
@@ -621,7 +647,7 @@ def start(dir: str | os.PathLike[str], max_file_size: int = DEFAULT_MAX_FILE_SIZ
         else:
             ports = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES)), strict=True))
         try:
-            return _start_once(state, ports, max_file_size, timeout, devices_tmpfs, updaters)
+            return _start_once(state, ports, max_file_size, timeout, devices_tmpfs, updaters, die_with_parent)
         except _PortTaken as e:
             # Another instance starting at the same time took a port we had found free.
             if port_base is not None or attempt == 3:
@@ -631,12 +657,12 @@ def start(dir: str | os.PathLike[str], max_file_size: int = DEFAULT_MAX_FILE_SIZ
 
 
 def _start_once(state: Path, ports: dict[str, int], max_file_size: int, timeout: float,
-                devices_tmpfs: bool | None, updaters: bool) -> dict[str, Any]:
+                devices_tmpfs: bool | None, updaters: bool, die_with_parent: bool) -> dict[str, Any]:
     t0 = time.monotonic()
     deadline = t0 + timeout
     (state / PROCS_FILE).unlink(missing_ok=True)
     (state / ENV_FILE).unlink(missing_ok=True)
-    starter = _Starter(state)
+    starter = _Starter(state, die_with_parent)
     starter.record = {"procs": [], "tmpfs": None, "ports": ports}
     starter.save()
     try:
@@ -808,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             env = start(args.dir, max_file_size=args.max_file_size, port_base=args.port_base,
-                        timeout=args.timeout, devices_tmpfs=args.devices_tmpfs, updaters=args.updaters)
+                        timeout=args.timeout, devices_tmpfs=args.devices_tmpfs, updaters=args.updaters,
+                        die_with_parent=False)
             print(json.dumps(env), flush=True)
         else:
             stop(args.dir)
