@@ -772,3 +772,24 @@ def test_file_url_and_space(swift_env: dict[str, Any], store: CloudFileStorage, 
     assert space.total is None and space.free is None
     assert isinstance(space.used, int) and space.used >= 0
     assert isinstance(space.objects, int) and space.objects >= 0
+
+
+def test_writer_sync_uploads_and_stays_open(store: CloudFileStorage, swift_env: dict[str, Any], raw: Any) -> None:
+    f = store.get_file(["s.txt"], "w+b")
+    try:
+        f.write(b"first")
+        entry = f.sync()
+        assert entry is not None and entry.size == 5
+        assert raw.get_object(store.container, "s.txt")[1] == b"first"
+        f.write(b" second")
+        f.mtime_ns = 1500000000000000007
+    finally:
+        f.close()
+    assert raw.get_object(store.container, "s.txt")[1] == b"first second"
+    assert store.stat(["s.txt"]).mtime_ns == 1500000000000000007
+    # ServiceNet (Rackspace only) is accepted and ignored.
+    other = make_cloud_storage(swift_env, store.container, cloudfiles_use_servicenet="true")
+    try:
+        assert other.read_range(["s.txt"], 0, 5) == b"first"
+    finally:
+        other.close()

@@ -6,7 +6,7 @@ accepts MediaGoblin's configuration keys (``cloudfiles_user``, ``cloudfiles_api_
 ``cloudfiles_container``, ``cloudfiles_host`` = the auth URL, ``cloudfiles_use_servicenet``)
 plus Keystone options.
 
-How the store is laid out in the container (see also ``docs``/the lead's SEMANTICS):
+How the store is laid out in the container:
 
 * An object's name is ``'/'.join(resolve_components(filepath))``.
 * **mtime** is kept where a container *listing* returns it, so a directory can be listed
@@ -22,8 +22,8 @@ How the store is laid out in the container (see also ``docs``/the lead's SEMANTI
   recognise them; their mtime is in X-Object-Meta-Mtime).  An ``application/directory``
   object without the trailing slash (svfs/cloudfuse) is read as a directory too.  When a
   name is both a file and a directory (Swift allows ``a`` next to ``a/b``), the directory
-  wins in ``list_dir`` and ``stat`` (logged once); the hidden file can still be read,
-  deleted or moved by its name.  Directory entries from ``list_dir`` have mtime 0 (a
+  wins in ``list_dir``, ``stat`` and ``move`` (logged once); the hidden file can still be
+  read or deleted by its name.  Directory entries from ``list_dir`` have mtime 0 (a
   listing rolls the marker into its ``subdir`` entry); ``stat`` reads the marker's mtime.
 * **Large objects** (bigger than ``segment_size``, or than the cluster's max_file_size) are
   Static Large Objects: segments ``<object>/<upload uuid>/<index:08d>`` in the container
@@ -325,6 +325,7 @@ class SwiftReader(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move the position; no request until the next read."""
         self._check_closed()
         if whence == io.SEEK_SET:
             new = offset
@@ -340,6 +341,7 @@ class SwiftReader(io.RawIOBase):
         return new
 
     def readinto(self, buffer: Any) -> int:
+        """Read up to len(buffer) bytes (at most READ_CHUNK) from the current position; 0 at EOF."""
         self._check_closed()
         view = memoryview(buffer).cast("B")
         wanted = min(len(view), self.size - self._pos, READ_CHUNK)
@@ -410,6 +412,7 @@ class SwiftWriter(io.FileIO):
         return self._object_name
 
     def write(self, data: Any) -> int:  # type: ignore[override]
+        """Write bytes, or everything a readable file object gives (in chunks); the count written."""
         if hasattr(data, "read"):
             total = 0
             while True:
@@ -447,6 +450,10 @@ class SwiftWriter(io.FileIO):
         self._dirty = False
 
     def close(self) -> None:
+        """Upload (if anything changed since open or the last sync) and remove the spool file.
+
+        An upload error is raised from here; the spool file is removed in any case.
+        """
         if self._done:
             super().close()
             return
