@@ -39,7 +39,8 @@ def swift_env() -> Iterator[dict[str, Any]]:
     aio = _load_swift_aio()
     state = tempfile.mkdtemp(prefix="goblinfs-swift-")
     try:
-        env = aio.start(state, max_file_size=SWIFT_MAX_FILE_SIZE)
+        # No updaters: they cost CPU every few seconds and only feed account statistics.
+        env = aio.start(state, max_file_size=SWIFT_MAX_FILE_SIZE, updaters=False)
     except BaseException:
         aio.stop(state)
         shutil.rmtree(state, ignore_errors=True)

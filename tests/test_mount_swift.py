@@ -79,7 +79,7 @@ def test_swift_stopped_and_restarted_under_a_mount(tmp_path: Path) -> None:
     aio = _load_swift_aio()
     state = tmp_path / "swift"
     base = _free_port_base()
-    env = aio.start(str(state), max_file_size=SWIFT_MAX_FILE_SIZE, port_base=base)
+    env = aio.start(str(state), max_file_size=SWIFT_MAX_FILE_SIZE, port_base=base, updaters=False)
     try:
         config = write_swift_config(tmp_path / "cfg", env, "outage")
         with Mounted(config, tmp_path / "mnt", options="op_timeout=15,dir_timeout=1,attr_timeout=1") as m:
@@ -96,7 +96,7 @@ def test_swift_stopped_and_restarted_under_a_mount(tmp_path: Path) -> None:
             assert time.monotonic() - start < 45
             # The daemon is alive and answers for what needs no store.
             assert os.path.isdir(m.mountpoint / "queue")
-            aio.start(str(state), max_file_size=SWIFT_MAX_FILE_SIZE, port_base=base)
+            aio.start(str(state), max_file_size=SWIFT_MAX_FILE_SIZE, port_base=base, updaters=False)
             time.sleep(1.2)
             assert (public / "before.txt").read_bytes() == b"written before the outage"
             (public / "after.txt").write_bytes(b"written after")
