@@ -276,6 +276,9 @@ class Vfs:
         if opts.ro:
             mode &= ~0o222
         mtime = node.entry.mtime_ns if node.ino != ROOT_INO or node.store else self.started
+        if not mtime:
+            # Swift listings carry no directory mtime (the marker is folded into a prefix).
+            mtime = self.started
         if node.pending_mtime is not None:
             mtime = node.pending_mtime
         return Attr(ino=node.ino, mode=mode, size=size, mtime_ns=mtime, uid=opts.uid, gid=opts.gid, nlink=nlink,
