@@ -155,6 +155,7 @@ class Handle:
     owns_fd: bool
     append: bool = False
     keep_cache: bool = True
+    download: Download | None = None
 
 
 class Download:
@@ -171,7 +172,11 @@ class Download:
         self.etag = etag
         self.fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         self.done = 0
+        #: The worker stopped (all fetched, or failed): readers stop waiting.
+        self.fetched = False
+        #: Adopted by the cache (or given up): the fd closes when the last reader goes.
         self.finished = False
+        self.closed = False
         self.error: BaseException | None = None
         self.progress = trio.Event()
         self.readers = 0
@@ -231,6 +236,8 @@ class Vfs:
                 self._drop_path(node)
             else:
                 if node.staging is None and node.writers <= 0:
+                    if entry.is_dir and not entry.mtime_ns and node.entry.mtime_ns:
+                        entry = _with(entry, mtime_ns=node.entry.mtime_ns)  # listings lack dir mtimes
                     node.entry = entry
                     node.fetched = time.monotonic()
                 return node
@@ -276,13 +283,16 @@ class Vfs:
         if opts.ro:
             mode &= ~0o222
         mtime = node.entry.mtime_ns if node.ino != ROOT_INO or node.store else self.started
+        timeout = opts.attr_timeout
         if not mtime:
-            # Swift listings carry no directory mtime (the marker is folded into a prefix).
+            # Swift listings carry no directory mtime (the marker is folded into a prefix): show
+            # the mount time for now and let the kernel ask again (getattr fetches it once).
             mtime = self.started
+            timeout = 0
         if node.pending_mtime is not None:
             mtime = node.pending_mtime
         return Attr(ino=node.ino, mode=mode, size=size, mtime_ns=mtime, uid=opts.uid, gid=opts.gid, nlink=nlink,
-                    timeout=opts.attr_timeout)
+                    timeout=timeout)
 
     # ------------------------------------------------------------------ names
 
@@ -393,11 +403,23 @@ class Vfs:
                     name = cleaned
         if entry is None:
             raise OSError(errno.ENOENT, "no such file or directory")
-        return self._node_for(parent.store, parent.path.child(name), entry)
+        node = self._node_for(parent.store, parent.path.child(name), entry)
+        await self._dir_mtime(node)
+        return node
+
+    async def _dir_mtime(self, node: Node) -> None:
+        """A remote directory's mtime is not in listings: ask the store once, keep it."""
+        if node.is_dir and node.store is not None and node.path and not node.entry.mtime_ns:
+            try:
+                entry = await node.store.call(node.store.storage.stat, node.path)
+            except FileNotFoundError:
+                return
+            node.entry = _with(node.entry, mtime_ns=entry.mtime_ns or self.started)
 
     async def getattr(self, ino: int) -> Attr:
         """Attributes, refreshed from the parent's listing when older than attr_timeout."""
         node = self.node(ino)
+        await self._dir_mtime(node)
         if (node.store is not None and node.path and node.staging is None and not node.unlinked
                 and time.monotonic() - node.fetched > self.options.attr_timeout):
             try:
@@ -405,6 +427,8 @@ class Vfs:
                 children = await self._children(parent)
                 entry = children.get(node.path[-1])
                 if entry is not None and entry.is_dir == node.is_dir:
+                    if entry.is_dir and not entry.mtime_ns:
+                        entry = _with(entry, mtime_ns=node.entry.mtime_ns)
                     node.entry = entry
                     node.fetched = time.monotonic()
             except OSError as exc:
@@ -483,10 +507,16 @@ class Vfs:
             raise OSError(errno.ENOTDIR, "not a directory")
         if not node.path:
             raise OSError(errno.EBUSY, "a store's root")
-        children = await self._children(node, fresh=True)
+        try:
+            children = await self._children(node, fresh=True)
+        except FileNotFoundError:
+            # A Swift pseudo-directory vanishes with its last object: it is already gone.
+            children = None
         if children:
             raise OSError(errno.ENOTEMPTY, "directory not empty")
-        ok = await store.call(store.storage.delete_dir, node.path, False)
+        ok = children is None or await store.call(store.storage.delete_dir, node.path, False)
+        if not ok and not store.local and not await store.call(store.storage.file_exists, node.path):
+            ok = True
         if not ok:
             children = await self._children(node, fresh=True)
             raise OSError(errno.ENOTEMPTY if children else errno.EIO, "cannot remove directory")
@@ -686,7 +716,9 @@ class Vfs:
             return self._new_handle(node, fd, False, True, keep_cache=keep)
         if node.download is not None and node.download.etag == etag and node.download.error is None:
             node.download.readers += 1
-            return self._new_handle(node, None, False, False, keep_cache=keep)
+            handle = self._new_handle(node, None, False, False, keep_cache=keep)
+            handle.download = node.download
+            return handle
         if entry.size <= self.options.stream_threshold:
             path = await store.call(self.cache.localize, store.storage, node.path, etag)
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -694,7 +726,9 @@ class Vfs:
         self._start_download(node, entry)
         assert node.download is not None
         node.download.readers += 1
-        return self._new_handle(node, None, False, False, keep_cache=keep)
+        handle = self._new_handle(node, None, False, False, keep_cache=keep)
+        handle.download = node.download
+        return handle
 
     def _start_download(self, node: Node, entry: Entry) -> None:
         store = node.store
@@ -722,37 +756,43 @@ class Vfs:
                 download.error = exc
                 log.warning("download of %s failed: %s", "/".join(path), exc)
             finally:
-                def finish() -> None:
-                    download.finished = True
+                def fetched() -> None:
+                    download.fetched = True
                     download._advance(done)
-                trio.from_thread.run_sync(finish, trio_token=token)
+                trio.from_thread.run_sync(fetched, trio_token=token)
 
         async def run() -> None:
-            await trio.to_thread.run_sync(worker, limiter=store.limiter)
-            if download.error is None and download.done == download.size:
-                try:
-                    os.fsync(download.fd)
+            # Never let anything escape into the nursery: that would end the daemon.
+            try:
+                await trio.to_thread.run_sync(worker, limiter=store.limiter)
+                if download.error is None and download.done == download.size:
+                    await trio.to_thread.run_sync(os.fsync, download.fd)
                     cache.put(storage, path, download.etag, download.part)
-                except OSError as exc:
-                    log.warning("could not keep %s in the cache: %s", "/".join(path), exc)
-            self._end_download(download)
+            except Exception as exc:
+                log.warning("could not keep %s in the cache: %s", "/".join(path), exc)
+            finally:
+                download.finished = True
+                download._advance(download.done)
+                if download.readers <= 0:
+                    self._end_download(download)
 
         if self.nursery is None:
             raise OSError(errno.EIO, "no nursery for background downloads")
         self.nursery.start_soon(run)
 
     def _end_download(self, download: Download) -> None:
+        """Close a finished download with no readers left (idempotent)."""
+        if download.closed or not download.finished or download.readers > 0:
+            return
+        download.closed = True
         node = download.node
-        if download.readers <= 0 or download.finished:
-            if node.download is download:
-                if download.readers > 0 and download.error is None:
-                    # Readers still on it: keep the fd open; they read from it until release.
-                    return
-                node.download = None
+        if node.download is download:
+            node.download = None
+        with contextlib.suppress(OSError):
             os.close(download.fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(download.part)
-            self._maybe_free(node)
+        with contextlib.suppress(OSError):
+            os.unlink(download.part)  # gone already if the cache adopted it
+        self._maybe_free(node)
 
     async def _stage_existing(self, node: Node, truncate: bool) -> None:
         """Start a staging file for a remote file, with its current content unless truncating."""
@@ -784,11 +824,11 @@ class Vfs:
         if handle.fd is not None:
             return os.pread(handle.fd, size, offset)
         node = handle.node
-        download = node.download
+        download = handle.download
         if download is None:
             raise OSError(errno.EIO, "no data source")
         want_end = min(offset + size, download.size)
-        while download.done < want_end and download.error is None and not download.finished:
+        while download.done < want_end and download.error is None and not download.fetched:
             if offset > download.done + 8 * 1048576:
                 store = node.store
                 assert store is not None
@@ -894,10 +934,10 @@ class Vfs:
         finally:
             if handle.owns_fd and handle.fd is not None:
                 os.close(handle.fd)
-            if handle.fd is None and node.download is not None:
-                node.download.readers -= 1
-                if node.download.finished:
-                    self._end_download(node.download)
+            download = handle.download
+            if download is not None:
+                download.readers -= 1
+                self._end_download(download)
             self._maybe_free(node)
 
     def _end_staging(self, node: Node) -> None:
@@ -1022,7 +1062,7 @@ class Vfs:
         if node.dirty:
             raise OSError(errno.ENODATA, "not uploaded yet")
         entry = node.entry
-        if entry.etag is None or entry.content_type is None and not store.local:
+        if store.local or entry.etag is None or entry.content_type is None:
             entry = await store.call(store.storage.stat, node.path)
             node.entry = entry
         value = entry.etag if key == XATTR_ETAG else entry.content_type

@@ -39,7 +39,7 @@ def test_bench_quick_runs_and_cleans_up(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     try:
         result = subprocess.run([sys.executable, str(BENCH), "--quick", "--backend", "both", "--json", str(out_json),
-                                 "--workdir", str(workdir)], capture_output=True, text=True, timeout=300, env=env,
+                                 "--workdir", str(workdir)], capture_output=True, text=True, timeout=420, env=env,
                                 cwd=str(ROOT))
     finally:
         leftover = _mounts_under(tmp_path)

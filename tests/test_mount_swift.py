@@ -126,32 +126,41 @@ def test_ten_thousand_entries_local(tmp_path: Path) -> None:
         print(f"ls -l of 10,000 local entries through goblinfs: {elapsed:.2f} s")
 
 
-def test_ten_thousand_entries_swift(swift_env: dict[str, Any], container: str, tmp_path: Path) -> None:
+def test_ten_thousand_entries_swift(tmp_path: Path) -> None:
+    """ls -l and find of 10,001 objects in one pseudo-directory: complete, a few listing requests."""
     import swiftclient
 
-    conn = swiftclient.Connection(authurl=swift_env["auth_url"], user=swift_env["user"], key=swift_env["key"])
-    conn.put_container(container)
+    aio = _load_swift_aio()
+    state = tmp_path / "swift"
+    # A private Swift on tmpfs: 10,001 PUTs are CPU-bound here; stopping it is the whole cleanup.
+    swift_env = aio.start(str(state), max_file_size=SWIFT_MAX_FILE_SIZE, devices_tmpfs=True, updaters=False)
+    try:
+        container = "big"
+        conn = swiftclient.Connection(authurl=swift_env["auth_url"], user=swift_env["user"], key=swift_env["key"])
+        conn.put_container(container)
 
-    def put(i: int) -> None:
-        c = swiftclient.Connection(authurl=swift_env["auth_url"], user=swift_env["user"], key=swift_env["key"],
-                                   preauthurl=conn.url, preauthtoken=conn.token)
-        for j in range(i, 10_001, 16):
-            c.put_object(container, f"big/f{j:05d}.jpg", b"", content_type="image/jpeg")
+        def put(i: int) -> None:
+            c = swiftclient.Connection(authurl=swift_env["auth_url"], user=swift_env["user"],
+                                       key=swift_env["key"], preauthurl=conn.url, preauthtoken=conn.token)
+            for j in range(i, 10_001, 16):
+                c.put_object(container, f"big/f{j:05d}.jpg", b"", content_type="image/jpeg")
 
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(put, range(16)))
-    config = write_swift_config(tmp_path / "cfg", swift_env, container)
-    proxy_log = Path(swift_env["dir"]) / "log" / "proxy.log"
-    with Mounted(config, tmp_path / "mnt") as m:
-        before = proxy_log.stat().st_size
-        listing = subprocess.run(["ls", "-l", str(m.mountpoint / "public" / "big")], capture_output=True,
-                                 text=True, check=True).stdout.splitlines()
-        assert len(listing) == 10_002  # "total" plus 10,001 entries
-        found = subprocess.run(["find", str(m.mountpoint / "public" / "big"), "-name", "*.jpg"],
-                               capture_output=True, text=True, check=True).stdout.split()
-        assert len(found) == 10_001
-        with open(proxy_log, errors="replace") as f:
-            f.seek(before)
-            requests = [line for line in f if " GET " in line or " HEAD " in line]
-        # A few listing pages, never one request per entry.
-        assert 1 <= len(requests) < 50, len(requests)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(put, range(16)))
+        config = write_swift_config(tmp_path / "cfg", swift_env, container)
+        proxy_log = state / "log" / "proxy.log"
+        with Mounted(config, tmp_path / "mnt") as m:
+            before = proxy_log.stat().st_size
+            listing = subprocess.run(["ls", "-l", str(m.mountpoint / "public" / "big")], capture_output=True,
+                                     text=True, check=True).stdout.splitlines()
+            assert len(listing) == 10_002  # "total" plus 10,001 entries
+            found = subprocess.run(["find", str(m.mountpoint / "public" / "big"), "-name", "*.jpg"],
+                                   capture_output=True, text=True, check=True).stdout.split()
+            assert len(found) == 10_001
+            with open(proxy_log, errors="replace") as f:
+                f.seek(before)
+                requests = [line for line in f if " GET " in line or " HEAD " in line]
+            # A few listing pages, never one request per entry.
+            assert 1 <= len(requests) < 50, len(requests)
+    finally:
+        aio.stop(str(state))

@@ -28,6 +28,7 @@ from typing import Any
 
 from . import (
     Entry,
+    ExactPath,
     InvalidFilepath,
     NoWebServing,
     Space,
@@ -298,7 +299,7 @@ class BasicFileStorage(StorageInterface):
                     return False
                 os.rmdir(self.base_dir)
                 return True
-            with self._parent(components) as (dir_fd, name):
+            with self._parent(ExactPath(components)) as (dir_fd, name):
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 if not stat_mod.S_ISDIR(st.st_mode):
                     return False
@@ -417,7 +418,7 @@ class BasicFileStorage(StorageInterface):
         if not components:
             os.utime(self.base_dir, ns=(mtime_ns, mtime_ns))
             return
-        with self._parent(components) as (dir_fd, name):
+        with self._parent(ExactPath(components)) as (dir_fd, name):
             os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
     def space(self) -> Space:
