@@ -3,7 +3,6 @@ real Swift, and MountStorage over each of them."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import os
@@ -25,25 +24,9 @@ from goblinfs.storage import (
 from goblinfs.storage.filestorage import BasicFileStorage
 from goblinfs.storage.mountstorage import MountStorage
 
-from .conftest import make_cloud_storage
+from .conftest import drop_container, make_cloud_storage
 
 BACKENDS = ["basic", "cloud", "mount-basic", "mount-cloud"]
-
-
-def _drop_container(swift_env: dict[str, Any], container: str) -> None:
-    import swiftclient
-
-    conn = swiftclient.Connection(authurl=swift_env["auth_url"], user=swift_env["user"], key=swift_env["key"])
-    for name in (container, container + "_segments"):
-        try:
-            _headers, objects = conn.get_container(name, full_listing=True)
-        except swiftclient.ClientException:
-            continue
-        for obj in objects:
-            with contextlib.suppress(swiftclient.ClientException):
-                conn.delete_object(name, obj["name"])
-        with contextlib.suppress(swiftclient.ClientException):
-            conn.delete_container(name)
 
 
 def _make(kind: str, request: pytest.FixtureRequest, tmp_path: Any, base_url: str | None) -> Iterator[Any]:
@@ -59,7 +42,7 @@ def _make(kind: str, request: pytest.FixtureRequest, tmp_path: Any, base_url: st
         backend = make_cloud_storage(swift_env, container, staging_dir=str(tmp_path), **kw)
 
         def cleanup() -> None:
-            _drop_container(swift_env, container)
+            drop_container(swift_env, container)
 
     if kind.startswith("mount-"):
         store = MountStorage()

@@ -14,8 +14,7 @@ import pytest
 from goblinfs.storage.filestorage import BasicFileStorage
 from goblinfs.workbench import ReadCache, Workbench, WorkbenchManager
 
-from .conftest import make_cloud_storage
-from .test_storage_contract import _drop_container
+from .conftest import drop_container, make_cloud_storage
 
 
 class FakeRemoteStorage(BasicFileStorage):
@@ -97,7 +96,7 @@ def test_localized_file_from_swift(manager: WorkbenchManager, swift_env: Any, tm
             fresh = manager.cache.localize(store, ["media_entries", "1", "a.png"])
             assert Path(fresh).read_bytes() == b"new png bytes" and manager.cache.misses == 2
     finally:
-        _drop_container(swift_env, container)
+        drop_container(swift_env, container)
 
 
 def _remote(tmp_path: Any, files: dict[str, bytes]) -> FakeRemoteStorage:

@@ -16,6 +16,7 @@ This package knows nothing of POSIX file descriptors or FUSE.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import uuid
@@ -124,6 +125,30 @@ def resolve_components(filepath: Sequence[str]) -> list[str]:
         # MediaGoblin would iterate a str character by character; that is never meant.
         raise InvalidFilepath(f"a filepath is a list of components, not {type(filepath).__name__} {filepath!r}")
     return clean_listy_filepath(filepath)
+
+
+class PublishOnClose:
+    """Mixin for written file objects that publish on ``close()`` and drop all on ``discard()``.
+
+    Leaving a ``with`` block through an exception discards, so a failure never publishes a
+    half-written file; a writer garbage-collected unclosed is discarded too.
+    """
+
+    _done: bool
+
+    def discard(self) -> None:  # pragma: no cover - implemented by the classes using the mixin
+        raise NotImplementedError()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()  # type: ignore[attr-defined]
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            with contextlib.suppress(Exception):  # nothing to report to from a finalizer
+                self.discard()
 
 
 @dataclass(frozen=True, slots=True)

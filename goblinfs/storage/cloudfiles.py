@@ -66,6 +66,7 @@ from . import (
     NAME_MAX,
     Entry,
     NoWebServing,
+    PublishOnClose,
     Space,
     StorageConfigError,
     StorageInterface,
@@ -383,7 +384,7 @@ class SwiftReader(io.RawIOBase):
         super().close()
 
 
-class SwiftWriter(io.FileIO):
+class SwiftWriter(PublishOnClose, io.FileIO):
     """A file spooled in ``staging_dir`` and uploaded to Swift by ``close()``.
 
     ``write`` takes bytes or a readable file object (streamed).  ``sync()`` uploads now and
@@ -480,16 +481,6 @@ class SwiftWriter(io.FileIO):
         with suppress(FileNotFoundError):
             os.unlink(self._spool)
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            self.discard()
-        else:
-            self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_done", True):
-            with suppress(Exception):
-                self.discard()
 
 
 # ------------------------------------------------------------------------------- store

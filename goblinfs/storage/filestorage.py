@@ -31,6 +31,7 @@ from . import (
     ExactPath,
     InvalidFilepath,
     NoWebServing,
+    PublishOnClose,
     Space,
     StorageInterface,
     resolve_components,
@@ -75,7 +76,7 @@ class FileObjectAwareFile(io.FileIO):
                 view = view[written:]
 
 
-class AtomicWriteFile(FileObjectAwareFile):
+class AtomicWriteFile(PublishOnClose, FileObjectAwareFile):
     """A file written aside and published (fsync, rename into place) by ``close``.
 
     ``discard()`` drops it instead; leaving a ``with`` block through an exception discards.
@@ -135,16 +136,6 @@ class AtomicWriteFile(FileObjectAwareFile):
         with suppress(OSError):
             os.unlink(self._tmp_name, dir_fd=self._dir_fd)
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            self.discard()
-        else:
-            self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_done", True):
-            with suppress(Exception):
-                self.discard()
 
 
 class BasicFileStorage(StorageInterface):
