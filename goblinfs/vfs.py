@@ -351,6 +351,14 @@ class Vfs:
                 parent.children[name] = entry
         if parent.store is not None and not parent.store.local:
             self.overlay.setdefault((parent.store.name, parent.path), {})[name] = (entry, time.monotonic())
+        elif parent.store is not None and parent.path:
+            # A local directory's own mtime changed with its entries: the next getattr asks the
+            # disk (the kernel drops the directory's attributes after create/unlink/rename).
+            parent.fetched = 0.0
+            grand_ino = self.by_path.get((parent.store.name, parent.path.parent))
+            grand = self.nodes.get(grand_ino) if grand_ino is not None else None
+            if grand is not None:
+                grand.children = None
 
     def _child_path(self, parent: Node, name: str) -> tuple[StoreMount, ExactPath]:
         if parent.store is None:
@@ -439,6 +447,8 @@ class Vfs:
     async def opendir(self, ino: int) -> int:
         """Snapshot the listing of a directory; return a handle for readdir."""
         node = self.node(ino)
+        # Every opendir lists afresh (rsync --delete and find must see the directory as it is);
+        # lookups and getattr use the listing cached for dir_timeout.
         children = await self._children(node, fresh=True)
         listing = []
         for name in sorted(children):
@@ -745,10 +755,13 @@ class Vfs:
             done = 0
             try:
                 with storage.get_file(path, "rb") as source:
+                    # Small first chunks: the first bytes reach a waiting reader sooner.
+                    want = 65536
                     while True:
-                        chunk = source.read(1048576)
+                        chunk = source.read(want)
                         if not chunk:
                             break
+                        want = min(want * 2, 1048576)
                         os.pwrite(download.fd, chunk, done)
                         done += len(chunk)
                         trio.from_thread.run_sync(download._advance, done, trio_token=token)
