@@ -78,9 +78,10 @@ def cmd_mount(argv: list[str], prog: str = "goblinfs mount") -> int:
 
 
 def _config_words(options: dict[str, str]) -> list[str]:
+    """The [goblinfs] section as -o words (``store`` is not a mount option)."""
     words = []
     for key, value in options.items():
-        if key in ("store", "cache_dir", "dir_timeout", "attr_timeout") and key != "cache_dir":
+        if key == "store":
             continue
         if key == "options":
             words.extend(value.split(","))

@@ -193,7 +193,7 @@ def prepare(config: GoblinConfig, mountpoint: str, opts: MountOptions, only_stor
         if only_store not in config.stores:
             raise MountFailed(f"--store {only_store}: no such store (have: {', '.join(names)})")
         names = [only_store]
-    workbench = opts.cache_dir or config.options.get("cache_dir") or config.workbench_path
+    workbench = opts.cache_dir or config.workbench_path
     try:
         if config.path is None:
             ensure_local_dirs(config)
@@ -227,9 +227,9 @@ def prepare(config: GoblinConfig, mountpoint: str, opts: MountOptions, only_stor
     if any_remote:
         # Another mount may change the container: do not trust listings for long by default.
         if not opts.dir_timeout_set:
-            opts.vfs.dir_timeout = float(config.options.get("dir_timeout", 10))
+            opts.vfs.dir_timeout = 10.0
         if not opts.attr_timeout_set:
-            opts.vfs.attr_timeout = float(config.options.get("attr_timeout", 10))
+            opts.vfs.attr_timeout = 10.0
     vfs = Vfs(stores, opts.vfs, cache=manager.cache, single=only_store is not None)
     fuse_options = set(opts.fuse) | {"fsname=goblinfs", "subtype=goblinfs"}
     if any(o.startswith("fsname=") for o in opts.fuse):

@@ -34,7 +34,6 @@ from .storage import (
     InvalidFilepath,
     NoWebServing,
     StorageInterface,
-    StorageUnavailable,
 )
 from .workbench import ReadCache
 
@@ -987,7 +986,7 @@ class Vfs:
             if store.local or node.is_dir:
                 await store.call(store.storage.set_mtime, node.path, mtime_ns)
                 node.entry = _with(node.entry, mtime_ns=mtime_ns)
-            elif node.dirty or node.staging is not None and node.dirty:
+            elif node.dirty:
                 node.pending_mtime = mtime_ns
             else:
                 await store.call(store.storage.set_mtime, node.path, mtime_ns)
@@ -1113,4 +1112,4 @@ def _with(entry: Entry, **changes: Any) -> Entry:
     return Entry(**values)
 
 
-__all__ = ["Attr", "Handle", "Node", "Options", "StoreMount", "StorageUnavailable", "Vfs"]
+__all__ = ["Attr", "Handle", "Node", "Options", "StoreMount", "Vfs"]

@@ -36,17 +36,20 @@ def swift_env() -> Iterator[dict[str, Any]]:
 
     If it cannot start, every test using it errors: nothing is skipped.
     """
+    with running_swift() as env:
+        yield env
+
+
+@contextlib.contextmanager
+def running_swift(**kw: Any) -> Iterator[dict[str, Any]]:
+    """A private Swift all-in-one for the block: started (or the error raised), stopped by PID.
+
+    No updaters: they cost CPU every few seconds and only feed account statistics.
+    """
     aio = _load_swift_aio()
     state = tempfile.mkdtemp(prefix="goblinfs-swift-")
     try:
-        # No updaters: they cost CPU every few seconds and only feed account statistics.
-        env = aio.start(state, max_file_size=SWIFT_MAX_FILE_SIZE, updaters=False)
-    except BaseException:
-        aio.stop(state)
-        shutil.rmtree(state, ignore_errors=True)
-        raise
-    try:
-        yield env
+        yield aio.start(state, max_file_size=SWIFT_MAX_FILE_SIZE, updaters=False, **kw)
     finally:
         aio.stop(state)
         shutil.rmtree(state, ignore_errors=True)

@@ -12,9 +12,6 @@ import hashlib
 import io
 import os
 import re
-import shutil
-import sys
-import tempfile
 import threading
 import time
 import tracemalloc
@@ -40,7 +37,7 @@ from goblinfs.storage.cloudfiles import (
     split_content_type,
 )
 
-from .conftest import SWIFT_MAX_FILE_SIZE, _load_swift_aio, make_cloud_storage
+from .conftest import make_cloud_storage, running_swift
 
 pytestmark = pytest.mark.swift
 
@@ -409,22 +406,8 @@ def tmpfs_swift() -> Iterator[dict[str, Any]]:
     Creating objects there costs no fsync, and stopping it is the whole cleanup (deleting
     10,001 objects one by one would cost as much as creating them).
     """
-    aio = sys.modules.get("swift_aio") or _load_swift_aio()
-    state = tempfile.mkdtemp(prefix="goblinfs-swift-big-")
-    try:
-        try:
-            env = aio.start(state, max_file_size=SWIFT_MAX_FILE_SIZE, devices_tmpfs=True, updaters=False)
-        except TypeError:  # an all-in-one script without those options
-            env = aio.start(state, max_file_size=SWIFT_MAX_FILE_SIZE)
-    except BaseException:
-        aio.stop(state)
-        shutil.rmtree(state, ignore_errors=True)
-        raise
-    try:
+    with running_swift(devices_tmpfs=True) as env:
         yield env
-    finally:
-        aio.stop(state)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def test_list_dir_returns_all_of_10001_entries(tmpfs_swift: dict[str, Any]) -> None:

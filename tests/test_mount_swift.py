@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SWIFT_MAX_FILE_SIZE, _load_swift_aio, drop_container
+from .conftest import SWIFT_MAX_FILE_SIZE, _load_swift_aio, drop_container, running_swift
 from .mountutil import Mounted, write_local_config, write_swift_config
 
 
@@ -130,11 +130,9 @@ def test_ten_thousand_entries_swift(tmp_path: Path) -> None:
     """ls -l and find of 10,001 objects in one pseudo-directory: complete, a few listing requests."""
     import swiftclient
 
-    aio = _load_swift_aio()
-    state = tmp_path / "swift"
     # A private Swift on tmpfs: 10,001 PUTs are CPU-bound here; stopping it is the whole cleanup.
-    swift_env = aio.start(str(state), max_file_size=SWIFT_MAX_FILE_SIZE, devices_tmpfs=True, updaters=False)
-    try:
+    with running_swift(devices_tmpfs=True) as swift_env:
+        state = Path(swift_env["dir"])
         container = "big"
         conn = swiftclient.Connection(authurl=swift_env["auth_url"], user=swift_env["user"], key=swift_env["key"])
         conn.put_container(container)
@@ -162,5 +160,3 @@ def test_ten_thousand_entries_swift(tmp_path: Path) -> None:
                 requests = [line for line in f if " GET " in line or " HEAD " in line]
             # A few listing pages, never one request per entry.
             assert 1 <= len(requests) < 50, len(requests)
-    finally:
-        aio.stop(str(state))

@@ -1053,14 +1053,19 @@ class CloudFileStorage(StorageInterface):
         finally:
             conn.close()
 
-    def delete_file(self, filepath: Sequence[str]) -> None:
-        """Delete the file (an SLO with its segments); FileNotFoundError if missing, IsADirectoryError for a dir."""
-        name = self._file_name(filepath)
+    def _file_headers(self, name: str) -> Mapping[str, str]:
+        """HEAD of a file object: FileNotFoundError if missing, IsADirectoryError for a directory marker."""
         headers = self._head(name)
         if headers is None:
             raise self._not_found(name)
         if is_directory_type(headers.get("content-type")):
             raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+        return headers
+
+    def delete_file(self, filepath: Sequence[str]) -> None:
+        """Delete the file (an SLO with its segments); FileNotFoundError if missing, IsADirectoryError for a dir."""
+        name = self._file_name(filepath)
+        headers = self._file_headers(name)
         self._delete_object(name, headers)
 
     def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:
@@ -1139,11 +1144,7 @@ class CloudFileStorage(StorageInterface):
     def get_file_size(self, filepath: Sequence[str]) -> int:
         """Size in bytes (an SLO's full size); FileNotFoundError if missing, IsADirectoryError for a dir."""
         name = self._file_name(filepath)
-        headers = self._head(name)
-        if headers is None:
-            raise self._not_found(name)
-        if is_directory_type(headers.get("content-type")):
-            raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+        headers = self._file_headers(name)
         return int(headers.get("content-length") or 0)
 
     def copy_locally(self, filepath: Sequence[str], dest_path: str) -> None:
