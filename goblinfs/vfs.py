@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -114,7 +115,7 @@ class Node:
 
     __slots__ = ("ino", "store", "path", "is_dir", "entry", "fetched", "lookups", "children", "children_time",
                  "open_count", "staging", "staging_fd", "dirty", "writers", "pending_mtime", "lock",
-                 "download", "keep_cache_etag", "local_fd_size", "unlinked", "__weakref__")
+                 "download", "keep_cache_etag", "local_fd_size", "unlinked", "absent", "__weakref__")
 
     def __init__(self, ino: int, store: StoreMount | None, path: ExactPath, entry: Entry) -> None:
         self.ino = ino
@@ -137,6 +138,8 @@ class Node:
         self.keep_cache_etag: str | None = None
         self.local_fd_size: int | None = None
         self.unlinked = False
+        #: Created here and not uploaded yet: the store had nothing at this path when we looked.
+        self.absent = False
 
     def __repr__(self) -> str:
         where = self.store.name if self.store else "-"
@@ -178,12 +181,25 @@ class Download:
         self.closed = False
         self.error: BaseException | None = None
         self.progress = trio.Event()
+        #: A reader waits for more: the worker wakes the trio thread at its next chunk.  Only
+        #: then, as a hand-off per chunk would cost a fifth of a download's CPU time.
+        self.waiting = False
         self.readers = 0
 
-    def _advance(self, done: int) -> None:
-        self.done = done
+    def _advance(self, done: int | None = None) -> None:
+        """(trio thread) Wake the waiting readers; done is set by the worker thread itself."""
+        if done is not None:
+            self.done = done
         self.progress.set()
         self.progress = trio.Event()
+
+    async def wait_for(self, end: int) -> None:
+        """(trio thread) Return once end bytes are fetched, or the worker stopped."""
+        while self.done < end and not self.fetched and self.error is None:
+            self.waiting = True
+            if self.done >= end:  # the worker may have moved on before seeing the flag
+                break
+            await self.progress.wait()
 
 
 def _dir_entry(name: str) -> Entry:
@@ -225,7 +241,8 @@ class Vfs:
         except KeyError:
             raise OSError(errno.ENOENT, "stale inode") from None
 
-    def _node_for(self, store: StoreMount | None, path: ExactPath, entry: Entry) -> Node:
+    def _node_for(self, store: StoreMount | None, path: ExactPath, entry: Entry, fetched: float | None = None) -> Node:
+        """The node of path (made if new), its entry updated; fetched: when the store said so."""
         key = (store.name if store else None, path)
         ino = self.by_path.get(key)
         if ino is not None:
@@ -238,11 +255,13 @@ class Vfs:
                     if entry.is_dir and not entry.mtime_ns and node.entry.mtime_ns:
                         entry = _with(entry, mtime_ns=node.entry.mtime_ns)  # listings lack dir mtimes
                     node.entry = entry
-                    node.fetched = time.monotonic()
+                    node.fetched = time.monotonic() if fetched is None else fetched
                 return node
         ino = self._next_ino
         self._next_ino += 1
         node = Node(ino, store, path, entry)
+        if fetched is not None:
+            node.fetched = fetched
         self.nodes[ino] = node
         self.by_path[key] = ino
         return node
@@ -410,9 +429,9 @@ class Vfs:
                     name = cleaned
         if entry is None:
             raise OSError(errno.ENOENT, "no such file or directory")
-        node = self._node_for(parent.store, parent.path.child(name), entry)
-        await self._dir_mtime(node)
-        return node
+        # A remote directory's mtime is fetched by the first getattr, not here: a path walk
+        # through it needs none (its attributes go out with attr timeout 0 until then).
+        return self._node_for(parent.store, parent.path.child(name), entry, parent.children_time)
 
     async def _dir_mtime(self, node: Node) -> None:
         """A remote directory's mtime is not in listings: ask the store once, keep it."""
@@ -437,7 +456,7 @@ class Vfs:
                     if entry.is_dir and not entry.mtime_ns:
                         entry = _with(entry, mtime_ns=node.entry.mtime_ns)
                     node.entry = entry
-                    node.fetched = time.monotonic()
+                    node.fetched = parent.children_time
             except OSError as exc:
                 if exc.errno == errno.EIO:
                     raise
@@ -475,7 +494,7 @@ class Vfs:
                 entry = children.get(name)
                 if entry is None:
                     continue
-                node = self._node_for(dir_node.store, dir_node.path.child(name), entry)
+                node = self._node_for(dir_node.store, dir_node.path.child(name), entry, dir_node.children_time)
             out.append((index + 1, name, node))
         return out
 
@@ -500,7 +519,7 @@ class Vfs:
             raise OSError(errno.EEXIST, "exists")
         path = parent.path.child(clean)
         self._check_object_name(store, path)
-        await store.call(store.storage.make_dir, path)
+        await store.call(functools.partial(store.storage.make_dir, path, new=True))
         entry = Entry(name=clean, is_dir=True, mtime_ns=time.time_ns())
         self._note_child(parent, clean, entry)
         node = self._node_for(store, path, entry)
@@ -661,6 +680,7 @@ class Vfs:
             node = self._node_for(store, path, entry)
             self._start_staging(node, None)
             node.dirty = True
+            node.absent = True
             node.writers += 1
             handle = self._new_handle(node, node.staging_fd, True, False, append=bool(flags & os.O_APPEND))
         self._note_child(parent, clean, entry)
@@ -711,9 +731,8 @@ class Vfs:
         """Open a remote object for reading: revalidate its ETag, then cache or stream it."""
         store = node.store
         assert store is not None and self.cache is not None
-        entry = await store.call(store.storage.stat, node.path)
-        if entry.is_dir:
-            raise OSError(errno.EISDIR, "is a directory")
+        # Close-to-open: every open revalidates (one HEAD on Swift), whatever the listing said.
+        entry = await store.call(store.storage.stat_file, node.path)
         keep = node.keep_cache_etag == entry.etag and entry.etag is not None
         node.entry = entry
         node.fetched = time.monotonic()
@@ -763,7 +782,10 @@ class Vfs:
                         want = min(want * 2, 1048576)
                         os.pwrite(download.fd, chunk, done)
                         done += len(chunk)
-                        trio.from_thread.run_sync(download._advance, done, trio_token=token)
+                        download.done = done  # the bytes are in the part file before this
+                        if download.waiting:
+                            download.waiting = False
+                            token.run_sync_soon(download._advance)
             except BaseException as exc:  # reported to the readers
                 download.error = exc
                 log.warning("download of %s failed: %s", "/".join(path), exc)
@@ -771,7 +793,8 @@ class Vfs:
                 def fetched() -> None:
                     download.fetched = True
                     download._advance(done)
-                trio.from_thread.run_sync(fetched, trio_token=token)
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(fetched)
 
         async def run() -> None:
             # Never let anything escape into the nursery: that would end the daemon.
@@ -812,7 +835,7 @@ class Vfs:
         assert store is not None
         source: str | None = None
         if not truncate and node.entry.size > 0:
-            entry = await store.call(store.storage.stat, node.path)
+            entry = await store.call(store.storage.stat_file, node.path)
             if self.cache is not None:
                 source = await store.call(self.cache.localize, store.storage, node.path, entry.etag or "")
         self._start_staging(node, source)
@@ -840,12 +863,12 @@ class Vfs:
         if download is None:
             raise OSError(errno.EIO, "no data source")
         want_end = min(offset + size, download.size)
-        while download.done < want_end and download.error is None and not download.fetched:
+        if download.done < want_end and download.error is None and not download.fetched:
             if offset > download.done + 8 * 1048576:
                 store = node.store
                 assert store is not None
                 return await store.call(store.storage.read_range, node.path, offset, size)
-            await download.progress.wait()
+            await download.wait_for(want_end)
         if download.done < want_end and download.error is not None:
             raise OSError(errno.EIO, f"download failed: {download.error}")
         return os.pread(download.fd, size, offset)
@@ -906,11 +929,21 @@ class Vfs:
             return
         mtime = node.pending_mtime if node.pending_mtime is not None else node.entry.mtime_ns
         node.dirty = False
+        storage = store.storage
         try:
-            entry = await store.call(store.storage.store_local_file, node.staging, node.path, mtime)
+            if node.absent:
+                try:
+                    entry = await store.call(functools.partial(storage.store_local_file, node.staging, node.path,
+                                                               mtime, new=True))
+                except FileExistsError:
+                    # Someone else created it meanwhile: replace it, as a later writer does.
+                    entry = await store.call(storage.store_local_file, node.staging, node.path, mtime)
+            else:
+                entry = await store.call(storage.store_local_file, node.staging, node.path, mtime)
         except BaseException:
             node.dirty = True
             raise
+        node.absent = False
         node.entry = _with(entry, name=node.path[-1])
         node.fetched = time.monotonic()
         node.keep_cache_etag = entry.etag

@@ -361,6 +361,34 @@ def test_store_local_file_with_mtime(store: Any, tmp_path: Any) -> None:
     assert {e.name: e.mtime_ns for e in store.list_dir(["sl"])}["l.txt"] == 1_600_000_000_000_000_001
 
 
+def test_stat_file(store: Any) -> None:
+    write(store, ["sf", "a.txt"], b"abc")
+    entry = store.stat_file(["sf", "a.txt"])
+    assert (entry.name, entry.is_dir, entry.size) == ("a.txt", False, 3)
+    assert (entry.etag, entry.mtime_ns) == (store.stat(["sf", "a.txt"]).etag, store.stat(["sf", "a.txt"]).mtime_ns)
+    with pytest.raises(IsADirectoryError):
+        store.stat_file(["sf"])
+    with pytest.raises(FileNotFoundError):
+        store.stat_file(["sf", "missing.txt"])
+
+
+def test_new_never_replaces(store: Any, tmp_path: Any) -> None:
+    """new=True (the caller saw nothing there) creates in one step, but never replaces."""
+    local = tmp_path / "n.txt"
+    local.write_bytes(b"first")
+    entry = store.store_local_file(str(local), ["nw", "n.txt"], mtime_ns=1_600_000_000_000_000_003, new=True)
+    assert entry.size == 5 and store.stat(["nw", "n.txt"]).mtime_ns == 1_600_000_000_000_000_003
+    local.write_bytes(b"second, longer")
+    with pytest.raises(FileExistsError):
+        store.store_local_file(str(local), ["nw", "n.txt"], new=True)
+    assert read(store, ["nw", "n.txt"]) == b"first"
+    store.make_dir(["nw", "sub"], new=True)
+    assert store.stat(["nw", "sub"]).is_dir
+    with pytest.raises(FileExistsError):
+        store.make_dir(["nw", "sub"], new=True)
+    assert {e.name: e.is_dir for e in store.list_dir(["nw"])} == {"n.txt": False, "sub": True}
+
+
 def test_exact_names(store: Any) -> None:
     names = ["My Photo.jpg", "日本.txt", "ünï cödé.png", ".hidden"]
     for name in names:

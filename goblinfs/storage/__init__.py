@@ -17,6 +17,7 @@ This package knows nothing of POSIX file descriptors or FUSE.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import shutil
 import uuid
@@ -282,6 +283,17 @@ class StorageInterface:
         self.__raise_not_implemented()
         raise AssertionError
 
+    def stat_file(self, filepath: Sequence[str]) -> Entry:
+        """Return the Entry of the file at filepath, in one request where the store can.
+
+        FileNotFoundError when missing, IsADirectoryError when filepath is a directory.
+        Cheaper than stat on Swift: no probe for a directory of the same name.
+        """
+        entry = self.stat(filepath)
+        if entry.is_dir:
+            raise IsADirectoryError(errno.EISDIR, "is a directory")
+        return entry
+
     def read_range(self, filepath: Sequence[str], offset: int, length: int) -> bytes:
         """Return up to length bytes from offset (fewer only at the end of the file)."""
         self.__raise_not_implemented()
@@ -296,8 +308,12 @@ class StorageInterface:
         """
         self.__raise_not_implemented()
 
-    def make_dir(self, dirpath: Sequence[str]) -> None:
+    def make_dir(self, dirpath: Sequence[str], *, new: bool = False) -> None:
         """Create an empty directory that persists (parents created as needed).
+
+        ``new=True`` tells the store that the caller has just seen nothing at dirpath and its
+        parent existing, so it may skip its own checks (one request on Swift); it still never
+        replaces what is there (FileExistsError).
 
         FileExistsError when something already exists at dirpath.
         """
@@ -307,12 +323,17 @@ class StorageInterface:
         """Set the modification time of a file or directory (integer nanoseconds)."""
         self.__raise_not_implemented()
 
-    def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None) -> Entry:
+    def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None, *,
+                         new: bool = False) -> Entry:
         """Store the local file filename at filepath in one step and return its new Entry.
 
         Like copy_local_to_storage, plus an optional mtime set with the data, and the
-        resulting Entry (etag included) so callers need no extra stat.
+        resulting Entry (etag included) so callers need no extra stat.  ``new=True`` tells the
+        store that the caller has just seen nothing at filepath, so it may skip its own checks
+        (one PUT on Swift); an existing file is then never replaced: FileExistsError.
         """
+        if new and self.file_exists(filepath):
+            raise FileExistsError(errno.EEXIST, "file exists")
         self.copy_local_to_storage(filename, filepath)
         if mtime_ns is not None:
             self.set_mtime(filepath, mtime_ns)

@@ -95,6 +95,8 @@ DEFAULT_LISTING_LIMIT = 10000
 DEFAULT_MAX_MANIFEST_SEGMENTS = 1000
 
 _TRUE = {"1", "true", "yes", "on"}
+#: ``_upload``'s default for ``old``: HEAD the object to find what it replaces.
+_HEAD = object()
 _AUTH_VERSIONS = {"1": "1.0", "1.0": "1.0", "2": "2.0", "2.0": "2.0", "3": "3", "3.0": "3"}
 
 
@@ -880,11 +882,18 @@ class CloudFileStorage(StorageInterface):
         return segment
 
     def _upload(self, path: str, name: str, *, content_type: str, mtime_ns: int | None = None,
-                meta: Mapping[str, str] | None = None, exclusive: bool = False) -> Entry:
-        """Upload the local file path as object name (SLO when large); return its Entry."""
+                meta: Mapping[str, str] | None = None, exclusive: bool = False,
+                old: Mapping[str, str] | None | object = _HEAD) -> Entry:
+        """Upload the local file path as object name (SLO when large); return its Entry.
+
+        ``old`` is the HEAD of the object being replaced if the caller has it (None: there is
+        none); by default it is fetched here.
+        """
         components = name.split("/")
         self._check_new_name(name, components)
-        old = self._head(name)
+        if old is _HEAD:
+            old = self._head(name)
+        assert old is None or isinstance(old, Mapping)
         if old is not None and exclusive:
             raise FileExistsError(errno.EEXIST, "file exists", name)
         if old is not None and is_directory_type(old.get("content-type")):
@@ -1163,17 +1172,26 @@ class CloudFileStorage(StorageInterface):
 
     # ------------------------------------------------------------ filesystem extension
 
-    def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None) -> Entry:
+    def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None, *,
+                         new: bool = False) -> Entry:
         """Upload filename to filepath with its mtime (default: now); return the new Entry.
 
-        The Entry's etag is the one stat and list_dir report (an SLO's too).
+        The Entry's etag is the one stat and list_dir report (an SLO's too).  ``new=True``: one
+        PUT with ``If-None-Match: *``; FileExistsError if an object is already there.
         """
         name = self._file_name(filepath)
         components = name.split("/")
         self._check_new_name(name, components)
-        if self._head(name) is None and self._dir_probe(name) is not None:
+        content_type = _guess_type(components[-1])
+        if new:
+            # One PUT: If-None-Match: * makes Swift refuse (412) rather than replace an object
+            # the caller did not know of (whose SLO segments would be left behind).
+            return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, exclusive=True,
+                                old=None)
+        old = self._head(name)
+        if old is None and self._dir_probe(name) is not None:
             raise IsADirectoryError(errno.EISDIR, "is a directory", name)
-        return self._upload(filename, name, content_type=_guess_type(components[-1]), mtime_ns=mtime_ns)
+        return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, old=old)
 
     def list_dir(self, dirpath: Sequence[str]) -> list[Entry]:
         """One directory's children from a delimiter listing, without a HEAD per object.
@@ -1225,6 +1243,11 @@ class CloudFileStorage(StorageInterface):
         if entry is None:
             raise FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}", name)
         return entry
+
+    def stat_file(self, filepath: Sequence[str]) -> Entry:
+        """The Entry of a file from one HEAD (a listing too only when nothing is there)."""
+        name = self._file_name(filepath)
+        return self._entry_from_headers(name.rsplit("/", 1)[-1], self._file_headers(name))
 
     def read_range(self, filepath: Sequence[str], offset: int, length: int) -> bytes:
         """Up to length bytes from offset with one ranged GET (SLOs too); b'' at or after the end."""
@@ -1313,21 +1336,31 @@ class CloudFileStorage(StorageInterface):
         with suppress(FileNotFoundError):
             self._call("delete_object", self.container, name, name=name)
 
-    def _put_marker(self, marker: str, mtime_ns: int | None) -> None:
+    def _put_marker(self, marker: str, mtime_ns: int | None, exclusive: bool = False) -> None:
         mtime = format_mtime(time.time_ns() if mtime_ns is None else mtime_ns)
-        self._call("put_object", self.container, marker, b"", content_length=0, content_type=DIRECTORY_TYPE,
-                   headers={"X-Object-Meta-Mtime": mtime}, name=marker)
+        headers = {"X-Object-Meta-Mtime": mtime}
+        if exclusive:
+            headers["If-None-Match"] = "*"
+        try:
+            self._call("put_object", self.container, marker, b"", content_length=0, content_type=DIRECTORY_TYPE,
+                       headers=headers, name=marker, passthrough=(412,))
+        except ClientException:  # 412: If-None-Match refused, the marker exists
+            raise FileExistsError(errno.EEXIST, "file exists", marker.rstrip("/")) from None
 
-    def make_dir(self, dirpath: Sequence[str]) -> None:
+    def make_dir(self, dirpath: Sequence[str], *, new: bool = False) -> None:
         """Create the directory marker ``name/`` (application/directory), and markers for missing parents.
 
         FileExistsError when something exists there; NotADirectoryError when a parent is a file.
+        ``new=True``: the caller saw nothing there and the parent existing: one PUT of the marker.
         """
         components = self._components(dirpath)
         if not components:
             raise FileExistsError(errno.EEXIST, "the store root exists", "")
         name = "/".join(components)
         self._check_new_name(name + "/", components)
+        if new:
+            self._put_marker(name + "/", None, exclusive=True)
+            return
         if self._stat_name(name, components[-1]) is not None:
             raise FileExistsError(errno.EEXIST, "file exists", name)
         missing = [name]

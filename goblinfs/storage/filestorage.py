@@ -343,11 +343,16 @@ class BasicFileStorage(StorageInterface):
 
     # ------------------------------------------------------------- filesystem extension
 
-    def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None) -> Entry:
-        """Store filename at filepath atomically (mode bits kept, optional mtime); its new Entry."""
+    def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None, *,
+                         new: bool = False) -> Entry:
+        """Store filename at filepath atomically (mode bits kept, optional mtime); its new Entry.
+
+        ``new=True``: never replaces an existing file (FileExistsError).
+        """
         with open(filename, "rb") as source:
             st = os.fstat(source.fileno())
-            dest = self._open_aside(filepath, "w", False, mtime_ns=mtime_ns, file_mode=stat_mod.S_IMODE(st.st_mode))
+            dest = self._open_aside(filepath, "x" if new else "w", False, mtime_ns=mtime_ns,
+                                    file_mode=stat_mod.S_IMODE(st.st_mode))
             try:
                 _copy_fd(source.fileno(), dest.fileno())
             except BaseException:
@@ -398,7 +403,7 @@ class BasicFileStorage(StorageInterface):
             os.stat(src_name, dir_fd=src_fd, follow_symlinks=False)
             os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
 
-    def make_dir(self, dirpath: Sequence[str]) -> None:
+    def make_dir(self, dirpath: Sequence[str], *, new: bool = False) -> None:
         """Create the directory (and missing parents); FileExistsError if something is there."""
         with self._parent(dirpath, create=True) as (dir_fd, name):
             os.mkdir(name, 0o777, dir_fd=dir_fd)

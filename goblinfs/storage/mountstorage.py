@@ -152,6 +152,11 @@ class MountStorage(StorageInterface):
             return Entry(name=components[-1] if components else "", is_dir=True)
         return backend.stat(rest)
 
+    def stat_file(self, filepath: Sequence[str]) -> Entry:
+        """Stat of a file in the holding store."""
+        backend, rest = self._forward(filepath)
+        return backend.stat_file(rest)
+
     def read_range(self, filepath: Sequence[str], offset: int, length: int) -> bytes:
         """Bytes from the holding store."""
         backend, rest = self._forward(filepath)
@@ -165,22 +170,23 @@ class MountStorage(StorageInterface):
             raise OSError(errno.EXDEV, "cannot move across mounted stores")
         src_backend.move(src_rest, dst_rest)
 
-    def make_dir(self, dirpath: Sequence[str]) -> None:
+    def make_dir(self, dirpath: Sequence[str], *, new: bool = False) -> None:
         """Directory in the holding store."""
         backend, rest = self._forward(dirpath)
         if not rest:
             raise FileExistsError(errno.EEXIST, "a mount point exists here")
-        backend.make_dir(rest)
+        backend.make_dir(rest, new=new)
 
     def set_mtime(self, filepath: Sequence[str], mtime_ns: int) -> None:
         """mtime in the holding store."""
         backend, rest = self._forward(filepath)
         backend.set_mtime(rest, mtime_ns)
 
-    def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None) -> Entry:
+    def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None, *,
+                         new: bool = False) -> Entry:
         """Stored by the holding store."""
         backend, rest = self._forward(filepath)
-        return backend.store_local_file(filename, rest, mtime_ns)
+        return backend.store_local_file(filename, rest, mtime_ns, new=new)
 
     def space(self) -> Space:
         """The root store's space (or the first mounted one's)."""
