@@ -35,6 +35,7 @@ from .storage import (
     InvalidFilepath,
     NoWebServing,
     StorageInterface,
+    Upload,
 )
 from .workbench import ReadCache
 
@@ -115,7 +116,8 @@ class Node:
 
     __slots__ = ("ino", "store", "path", "is_dir", "entry", "fetched", "lookups", "children", "children_time",
                  "open_count", "staging", "staging_fd", "dirty", "writers", "pending_mtime", "lock",
-                 "download", "keep_cache_etag", "local_fd_size", "unlinked", "absent", "__weakref__")
+                 "download", "keep_cache_etag", "local_fd_size", "unlinked", "absent", "upload", "upload_end",
+                 "__weakref__")
 
     def __init__(self, ino: int, store: StoreMount | None, path: ExactPath, entry: Entry) -> None:
         self.ino = ino
@@ -140,6 +142,10 @@ class Node:
         self.unlinked = False
         #: Created here and not uploaded yet: the store had nothing at this path when we looked.
         self.absent = False
+        #: The staging file is being sent while written (only while every write appends).
+        self.upload: Upload | None = None
+        #: Bytes [0, upload_end) are written and promised final to the upload.
+        self.upload_end = 0
 
     def __repr__(self) -> str:
         where = self.store.name if self.store else "-"
@@ -717,6 +723,7 @@ class Vfs:
                 if node.staging is None:
                     await self._stage_existing(node, truncate)
                 elif truncate:
+                    self._abort_upload(node)
                     os.ftruncate(node.staging_fd, 0)  # type: ignore[arg-type]
                     node.dirty = True
                 if truncate:
@@ -852,6 +859,19 @@ class Vfs:
                     offset += copied
         node.staging = path
         node.staging_fd = fd
+        if source is None and node.store is not None:
+            # Written from empty: while the writer appends, whole segments go up already.
+            try:
+                node.upload = node.store.storage.start_upload(path, node.path)
+                node.upload_end = 0
+            except Exception as exc:  # uploading at close still works
+                log.debug("no early upload of %s: %s", "/".join(node.path), exc)
+
+    def _abort_upload(self, node: Node) -> None:
+        """The writer left the append-only path (or the file is gone): upload at close instead."""
+        upload, node.upload = node.upload, None
+        if upload is not None:
+            upload.abort()
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Up to size bytes at offset (short only at the end of the file)."""
@@ -885,6 +905,12 @@ class Vfs:
         if node.store is not None and not node.store.local:
             node.dirty = True
             node.pending_mtime = None
+            if node.upload is not None:
+                if offset == node.upload_end and handle.fd == node.staging_fd:
+                    node.upload_end += written
+                    node.upload.ready(node.upload_end)
+                else:
+                    self._abort_upload(node)
         end = offset + written
         if end > node.entry.size or node.pending_mtime is not None:
             node.entry = _with(node.entry, size=max(node.entry.size, end), mtime_ns=time.time_ns())
@@ -926,12 +952,19 @@ class Vfs:
         assert store is not None and node.staging is not None and node.staging_fd is not None
         if node.unlinked:
             node.dirty = False
+            self._abort_upload(node)
             return
         mtime = node.pending_mtime if node.pending_mtime is not None else node.entry.mtime_ns
         node.dirty = False
         storage = store.storage
+        upload, node.upload = node.upload, None
         try:
-            if node.absent:
+            if upload is not None:
+                try:
+                    entry = await store.call(functools.partial(upload.finish, mtime, new=node.absent))
+                except FileExistsError:
+                    entry = await store.call(storage.store_local_file, node.staging, node.path, mtime)
+            elif node.absent:
                 try:
                     entry = await store.call(functools.partial(storage.store_local_file, node.staging, node.path,
                                                                mtime, new=True))
@@ -989,6 +1022,7 @@ class Vfs:
         assert node.staging is not None and node.staging_fd is not None
         store = node.store
         assert store is not None
+        self._abort_upload(node)
         os.close(node.staging_fd)
         staging = node.staging
         node.staging = None
@@ -1061,6 +1095,8 @@ class Vfs:
                     if node.writers <= 0 and not node.dirty:
                         self._end_staging(node)
                 return
+            if size < node.upload_end:
+                self._abort_upload(node)
             os.ftruncate(node.staging_fd, size)  # type: ignore[arg-type]
             node.dirty = True
             node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())

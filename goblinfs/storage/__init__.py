@@ -180,6 +180,30 @@ class Space:
     objects: int | None = None
 
 
+class Upload:
+    """A local file being stored while it is still written (``StorageInterface.start_upload``).
+
+    The writer calls ``ready(end)`` when bytes [0, end) will not change any more, then
+    ``finish`` once the file is complete, or ``abort``.  This default sends nothing early:
+    ``finish`` is one ``store_local_file``.
+    """
+
+    def __init__(self, storage: StorageInterface, filename: str, filepath: Sequence[str]) -> None:
+        self.storage = storage
+        self.filename = filename
+        self.filepath = filepath
+
+    def ready(self, end: int) -> None:
+        """Bytes [0, end) of the file are final: the store may send them now (never blocks)."""
+
+    def finish(self, mtime_ns: int | None = None, new: bool = False) -> Entry:
+        """Store the complete file at filepath, as ``store_local_file`` does; return its Entry."""
+        return self.storage.store_local_file(self.filename, self.filepath, mtime_ns, new=new)
+
+    def abort(self) -> None:
+        """Give up; nothing sent stays visible (never blocks)."""
+
+
 class StorageInterface:
     """Local or remote store for media files; MediaGoblin's interface plus filesystem calls.
 
@@ -282,6 +306,14 @@ class StorageInterface:
         """Return the Entry of one file or directory; FileNotFoundError when missing."""
         self.__raise_not_implemented()
         raise AssertionError
+
+    def start_upload(self, filename: str, filepath: Sequence[str]) -> Upload:
+        """Begin storing the local file filename at filepath while it is still being appended to.
+
+        Makes no request; see ``Upload``.  Stores that cannot send early return the default
+        ``Upload``, whose ``finish`` is a ``store_local_file``.
+        """
+        return Upload(self, filename, filepath)
 
     def stat_file(self, filepath: Sequence[str]) -> Entry:
         """Return the Entry of the file at filepath, in one request where the store can.

@@ -61,6 +61,7 @@ from typing import Any, BinaryIO
 
 from requests.exceptions import RequestException
 from swiftclient.client import ClientException, Connection
+from swiftclient.utils import LengthWrapper
 
 from . import (
     NAME_MAX,
@@ -71,6 +72,7 @@ from . import (
     StorageConfigError,
     StorageInterface,
     StorageUnavailable,
+    Upload,
     resolve_components,
 )
 from . import NotImplementedError as StorageNotImplementedError
@@ -86,6 +88,8 @@ DEFAULT_SEGMENT_SIZE = 100 * 1048576
 #: Size of the chunks read from a GET response, copied from a file object or hashed.
 READ_CHUNK = 262144
 HASH_CHUNK = READ_CHUNK
+#: Size of the reads a segment is sent in (and hashed as it goes).
+SEND_CHUNK = 1048576
 #: Threads uploading segments / copying and deleting objects in parallel.
 DEFAULT_WORKERS = 4
 #: Swift defaults, used when GET /info does not answer.
@@ -488,6 +492,147 @@ class SwiftWriter(PublishOnClose, io.FileIO):
 # ------------------------------------------------------------------------------- store
 
 
+class _HashingBody(LengthWrapper):
+    """The bytes [start, start + length) of an open file, sent by swiftclient in 1 MiB reads
+    and MD5-hashed on the way: the data is read once, and the ETag Swift returns is checked
+    against ``md5`` afterwards (a segment is not visible before its manifest, so a bad one
+    is simply not used).
+    """
+
+    def __init__(self, fd: int, start: int, length: int, hashing: bool = True) -> None:  # no file object
+        self._fd = fd
+        self._start = start
+        self._length = length
+        self._pos = 0
+        self._hashing = hashing
+        self.md5 = hashlib.md5(usedforsecurity=False)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int = -1) -> bytes:
+        remaining = self._length - self._pos
+        if remaining <= 0:
+            return b""
+        chunk = os.pread(self._fd, min(SEND_CHUNK, remaining), self._start + self._pos)
+        if not chunk:
+            raise OSError(errno.EIO, "the file shrank while being uploaded")
+        self._pos += len(chunk)
+        if self._hashing:
+            self.md5.update(chunk)
+        return chunk
+
+    def reset(self) -> None:  # type: ignore[override]  # swiftclient calls it before a retry
+        self._pos = 0
+        self.md5 = hashlib.md5(usedforsecurity=False)
+
+
+class SegmentUploader(Upload):
+    """The SLO segments of a local file, uploaded on the store's worker pool.
+
+    While the file is still being appended to, ``ready(end)`` sends every full segment
+    below end; ``finish`` sends the rest and the manifest.  A file that never filled a
+    segment is stored with one plain PUT.  Segments are private (random names in the
+    segments container) until the manifest is written, so an abandoned upload changes
+    nothing visible; ``abort`` deletes them.
+    """
+
+    def __init__(self, store: CloudFileStorage, local_path: str, name: str, segment_size: int) -> None:
+        self.store = store
+        self.local_path = local_path
+        self.name = name
+        self.segment_size = segment_size
+        self.upload_id = uuid.uuid4().hex
+        self.base = name
+        if len(f"{name}/{self.upload_id}/00000000".encode()) > store.max_object_name_length:
+            self.base = hashlib.sha256(name.encode("utf-8")).hexdigest()
+        self.futures: list[Future[tuple[str, str, int]]] = []
+        self.sent = 0
+        self.aborted = False
+        self._fd: int | None = None
+
+    def segment_name(self, index: int) -> str:
+        return f"{self.base}/{self.upload_id}/{index:08d}"
+
+    def ready(self, end: int, final: bool = False) -> None:
+        """Bytes [0, end) are final: send each whole segment below end (and, final, the rest)."""
+        if self.aborted:
+            return
+        size = self.segment_size
+        while self.sent + size < end or (final and self.sent < end):
+            if self._fd is None:
+                self._fd = os.open(self.local_path, os.O_RDONLY | os.O_CLOEXEC)
+            length = min(size, end - self.sent)
+            future = self.store._executor().submit(self._put, len(self.futures), self.sent, length)
+            self.futures.append(future)
+            self.sent += length
+
+    def _put(self, index: int, start: int, length: int) -> tuple[str, str, int]:
+        assert self._fd is not None
+        if self.aborted:
+            raise OSError(errno.ECANCELED, "upload aborted")
+        self.store._ensure_segment_container()
+        segment = self.segment_name(index)
+        body = _HashingBody(self._fd, start, length)
+        etag = self.store._call("put_object", self.store.segment_container, segment, body, content_length=length,
+                                content_type="application/octet-stream", name=segment)
+        md5 = body.md5.hexdigest()
+        if _strip_etag(etag) != md5:
+            raise OSError(errno.EIO, f"Swift stored segment {segment} with ETag {etag}, sent {md5}")
+        return segment, md5, length
+
+    def results(self) -> list[tuple[str, str, int]]:
+        """Wait for every segment sent; the first error is raised once all have ended."""
+        results = []
+        error: BaseException | None = None
+        for future in self.futures:
+            try:
+                results.append(future.result())
+            except BaseException as exc:  # noqa: B036 - re-raised after all ended
+                error = error or exc
+        if error is not None:
+            raise error
+        return results
+
+    def finish(self, mtime_ns: int | None = None, new: bool = False) -> Entry:
+        """The file is complete: store it at its name and return the Entry (as store_local_file)."""
+        size = os.path.getsize(self.local_path)
+        store = self.store
+        if not self.futures or size < self.sent or -(-size // self.segment_size) > store.max_manifest_segments:
+            # Nothing sent yet, or what was sent no longer fits: the ordinary upload.
+            self.abort()
+            return store._store_local(self.local_path, self.name, mtime_ns, new)
+        return store._store_local(self.local_path, self.name, mtime_ns, new, segments=self)
+
+    def abort(self) -> None:
+        """Give up: the segments sent are deleted in the background."""
+        if self.aborted:
+            return
+        self.aborted = True
+        futures = list(self.futures)
+        if not futures:
+            self.close()
+            return
+
+        def cleanup() -> None:
+            for future in futures:
+                future.cancel()
+            for future in futures:
+                with suppress(BaseException):
+                    future.result()
+            self.close()
+            self.store._delete_segments([(self.store.segment_container, self.segment_name(index))
+                                         for index in range(len(futures))])
+
+        threading.Thread(target=cleanup, name="goblinfs-abort-upload", daemon=True).start()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
 class CloudFileStorage(StorageInterface):
     """A MediaGoblin store in one container of OpenStack Swift (python-swiftclient).
 
@@ -883,24 +1028,30 @@ class CloudFileStorage(StorageInterface):
 
     def _upload(self, path: str, name: str, *, content_type: str, mtime_ns: int | None = None,
                 meta: Mapping[str, str] | None = None, exclusive: bool = False,
-                old: Mapping[str, str] | None | object = _HEAD) -> Entry:
+                old: Mapping[str, str] | None | object = _HEAD, segments: SegmentUploader | None = None) -> Entry:
         """Upload the local file path as object name (SLO when large); return its Entry.
 
         ``old`` is the HEAD of the object being replaced if the caller has it (None: there is
-        none); by default it is fetched here.
+        none); by default it is fetched here.  ``segments``: an upload already under way
+        (its segments are used, or deleted if this fails).
         """
         components = name.split("/")
-        self._check_new_name(name, components)
-        if old is _HEAD:
-            old = self._head(name)
-        assert old is None or isinstance(old, Mapping)
-        if old is not None and exclusive:
-            raise FileExistsError(errno.EEXIST, "file exists", name)
-        if old is not None and is_directory_type(old.get("content-type")):
-            raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+        try:
+            self._check_new_name(name, components)
+            if old is _HEAD:
+                old = self._head(name)
+            assert old is None or isinstance(old, Mapping)
+            if old is not None and exclusive:
+                raise FileExistsError(errno.EEXIST, "file exists", name)
+            if old is not None and is_directory_type(old.get("content-type")):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+        except BaseException:
+            if segments is not None:
+                segments.abort()
+            raise
         old_segments = self._slo_segments(name) if self._is_slo(old) else []
         size = os.path.getsize(path)
-        segment_size = self._effective_segment_size(size)
+        segment_size = segments.segment_size if segments is not None else self._effective_segment_size(size)
         if size > segment_size and not self.slo_enabled:
             raise OSError(errno.EFBIG, "object too large and this Swift has no SLO support", name)
         if mtime_ns is None:
@@ -912,8 +1063,8 @@ class CloudFileStorage(StorageInterface):
             headers["If-None-Match"] = "*"
         full_type = f"{content_type};{MTIME_PARAM}={mtime}"
         try:
-            if size > segment_size:
-                etag = self._upload_slo(path, name, size, segment_size, full_type, headers)
+            if segments is not None or size > segment_size:
+                etag = self._upload_slo(path, name, size, segment_size, full_type, headers, segments)
             else:
                 etag = self._upload_single(path, name, size, full_type, headers)
         except ClientException as exc:
@@ -922,50 +1073,42 @@ class CloudFileStorage(StorageInterface):
             raise self._map_error(exc, name, None) from exc  # type: ignore[misc]
         if old_segments:
             self._delete_segments(old_segments)
-        log.debug("uploaded %s (%d bytes, %s)", name, size, "SLO" if size > segment_size else "single PUT")
+        log.debug("uploaded %s (%d bytes, %s)", name, size,
+                  "SLO" if segments is not None or size > segment_size else "single PUT")
         return Entry(components[-1], False, size, mtime_ns, etag, content_type)
 
     def _upload_single(self, path: str, name: str, size: int, full_type: str, headers: Mapping[str, str]) -> str:
+        # Hashed first, so Swift checks the ETag before the object replaces the old one.
         md5 = _md5_range(path, 0, size)
-        with open(path, "rb") as source:
-            etag = self._call("put_object", self.container, name, source, content_length=size, etag=md5,
-                              content_type=full_type, headers=dict(headers), name=name, passthrough=(412,))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            etag = self._call("put_object", self.container, name, _HashingBody(fd, 0, size, hashing=False),
+                              content_length=size, etag=md5, content_type=full_type, headers=dict(headers), name=name,
+                              passthrough=(412,))
+        finally:
+            os.close(fd)
         if etag and etag != md5:
             raise OSError(errno.EIO, f"Swift stored {name} with ETag {etag}, expected {md5}", name)
         return md5
 
     def _upload_slo(self, path: str, name: str, size: int, segment_size: int, full_type: str,
-                    headers: Mapping[str, str]) -> str:
+                    headers: Mapping[str, str], segments: SegmentUploader | None = None) -> str:
         self._ensure_segment_container()
-        upload_id = uuid.uuid4().hex
-        base = name
-        if len(f"{name}/{upload_id}/00000000".encode()) > self.max_object_name_length:
-            base = hashlib.sha256(name.encode("utf-8")).hexdigest()
-        plan = [(index, start, min(segment_size, size - start))
-                for index, start in enumerate(range(0, size, segment_size))]
-
-        def put_segment(part: tuple[int, int, int]) -> tuple[str, str, int]:
-            index, start, length = part
-            segment = f"{base}/{upload_id}/{index:08d}"
-            md5 = _md5_range(path, start, length)
-            with open(path, "rb") as source:
-                source.seek(start)
-                self._call("put_object", self.segment_container, segment, source, content_length=length,
-                           etag=md5, content_type="application/octet-stream", name=segment)
-            return segment, md5, length
-
-        done: list[tuple[str, str, int]] = []
+        uploader = segments or SegmentUploader(self, path, name, segment_size)
         try:
-            done = self._parallel(put_segment, plan)
+            uploader.ready(size, final=True)
+            done = uploader.results()
             manifest = json.dumps([{"path": f"/{self.segment_container}/{segment}", "etag": md5, "size_bytes": length}
                                    for segment, md5, length in done]).encode()
             etag = self._call("put_object", self.container, name, manifest, content_length=len(manifest),
                               content_type=full_type, headers=dict(headers),
                               query_string="multipart-manifest=put", name=name, passthrough=(412,))
         except BaseException:
-            uploaded = [f"{base}/{upload_id}/{index:08d}" for index, _, _ in plan]
-            self._delete_segments([(self.segment_container, segment) for segment in uploaded])
+            uploader.close()
+            self._delete_segments([(self.segment_container, uploader.segment_name(index))
+                                   for index in range(len(uploader.futures))])
             raise
+        uploader.close()
         return _strip_etag(etag) or ""
 
     # ----------------------------------------------------------------- MediaGoblin API
@@ -1179,7 +1322,10 @@ class CloudFileStorage(StorageInterface):
         The Entry's etag is the one stat and list_dir report (an SLO's too).  ``new=True``: one
         PUT with ``If-None-Match: *``; FileExistsError if an object is already there.
         """
-        name = self._file_name(filepath)
+        return self._store_local(filename, self._file_name(filepath), mtime_ns, new)
+
+    def _store_local(self, filename: str, name: str, mtime_ns: int | None, new: bool,
+                     segments: SegmentUploader | None = None) -> Entry:
         components = name.split("/")
         self._check_new_name(name, components)
         content_type = _guess_type(components[-1])
@@ -1187,11 +1333,23 @@ class CloudFileStorage(StorageInterface):
             # One PUT: If-None-Match: * makes Swift refuse (412) rather than replace an object
             # the caller did not know of (whose SLO segments would be left behind).
             return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, exclusive=True,
-                                old=None)
+                                old=None, segments=segments)
         old = self._head(name)
         if old is None and self._dir_probe(name) is not None:
+            if segments is not None:
+                segments.abort()
             raise IsADirectoryError(errno.EISDIR, "is a directory", name)
-        return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, old=old)
+        return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, old=old,
+                            segments=segments)
+
+    def start_upload(self, filename: str, filepath: Sequence[str]) -> Upload:
+        """Segments of filename go up while it is still being appended to (see SegmentUploader)."""
+        name = self._file_name(filepath)
+        self._check_new_name(name, name.split("/"))
+        if not self.slo_enabled:
+            return super().start_upload(filename, filepath)
+        segment_size = max(min(self.segment_size, self.max_file_size), self.min_segment_size)
+        return SegmentUploader(self, filename, name, segment_size)
 
     def list_dir(self, dirpath: Sequence[str]) -> list[Entry]:
         """One directory's children from a delimiter listing, without a HEAD per object.

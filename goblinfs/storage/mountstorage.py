@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from . import Entry, ExactPath, Space, StorageInterface, clean_listy_filepath, resolve_components
+from . import Entry, ExactPath, Space, StorageInterface, Upload, clean_listy_filepath, resolve_components
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,11 @@ class MountStorage(StorageInterface):
             components = resolve_components(filepath)
             return Entry(name=components[-1] if components else "", is_dir=True)
         return backend.stat(rest)
+
+    def start_upload(self, filename: str, filepath: Sequence[str]) -> Upload:
+        """Upload into the holding store."""
+        backend, rest = self._forward(filepath)
+        return backend.start_upload(filename, rest)
 
     def stat_file(self, filepath: Sequence[str]) -> Entry:
         """Stat of a file in the holding store."""
