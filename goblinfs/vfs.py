@@ -117,7 +117,7 @@ class Node:
     __slots__ = ("ino", "store", "path", "is_dir", "entry", "fetched", "lookups", "children", "children_time",
                  "open_count", "staging", "staging_fd", "dirty", "writers", "pending_mtime", "lock",
                  "download", "keep_cache_etag", "local_fd_size", "unlinked", "absent", "upload", "upload_end",
-                 "__weakref__")
+                 "stale", "__weakref__")
 
     def __init__(self, ino: int, store: StoreMount | None, path: ExactPath, entry: Entry) -> None:
         self.ino = ino
@@ -142,10 +142,13 @@ class Node:
         self.unlinked = False
         #: Created here and not uploaded yet: the store had nothing at this path when we looked.
         self.absent = False
-        #: The staging file is being sent while written (only while every write appends).
+        #: Remote, written from empty and only appended to so far: past upload.begin_at bytes,
+        #: appended data goes to the store as it comes (not to the staging file).
         self.upload: Upload | None = None
-        #: Bytes [0, upload_end) are written and promised final to the upload.
+        #: Bytes appended so far (while upload is set).
         self.upload_end = 0
+        #: The staging file lacks what a finished stream sent: refill it before using it.
+        self.stale = False
 
     def __repr__(self) -> str:
         where = self.store.name if self.store else "-"
@@ -302,7 +305,9 @@ class Vfs:
             mode = stat.S_IFREG | (0o666 & ~opts.umask)
             nlink = 0 if node.unlinked else 1
             size = node.entry.size
-            if node.staging_fd is not None:
+            if node.upload is not None and node.upload.started:
+                size = node.upload_end
+            elif node.staging_fd is not None and not node.stale:
                 size = os.fstat(node.staging_fd).st_size
         if opts.ro:
             mode &= ~0o222
@@ -569,6 +574,7 @@ class Vfs:
             # Written but not uploaded yet: nothing to delete remotely unless it existed before.
             node.dirty = False
         try:
+            self._abort_upload(node)
             await store.call(store.storage.delete_file, node.path)
         except FileNotFoundError:
             if node.staging is None:
@@ -725,6 +731,8 @@ class Vfs:
                 elif truncate:
                     self._abort_upload(node)
                     os.ftruncate(node.staging_fd, 0)  # type: ignore[arg-type]
+                    node.stale = False
+                    self._begin_upload(node)
                     node.dirty = True
                 if truncate:
                     node.dirty = True
@@ -850,35 +858,73 @@ class Vfs:
     def _start_staging(self, node: Node, source: str | None) -> None:
         fd, path = tempfile.mkstemp(prefix="staging-", dir=self.options.staging_dir)
         if source is not None:
-            with open(source, "rb") as src:
-                offset = 0
-                while True:
-                    copied = os.copy_file_range(src.fileno(), fd, 1 << 30, offset, offset)
-                    if not copied:
-                        break
-                    offset += copied
+            _copy_into(source, fd)
         node.staging = path
         node.staging_fd = fd
-        if source is None and node.store is not None:
-            # Written from empty: while the writer appends, whole segments go up already.
+        node.stale = False
+        if source is None:
+            self._begin_upload(node)
+
+    def _begin_upload(self, node: Node) -> None:
+        """Written from empty: if the writer only appends, big files stream to the store."""
+        node.upload = None
+        node.upload_end = 0
+        if node.store is not None:
             try:
-                node.upload = node.store.storage.start_upload(path, node.path)
-                node.upload_end = 0
+                node.upload = node.store.storage.start_upload(node.path)
             except Exception as exc:  # uploading at close still works
-                log.debug("no early upload of %s: %s", "/".join(node.path), exc)
+                log.debug("no streaming upload of %s: %s", "/".join(node.path), exc)
 
     def _abort_upload(self, node: Node) -> None:
-        """The writer left the append-only path (or the file is gone): upload at close instead."""
+        """Drop a stream that is not needed any more (the file is gone or truncated)."""
         upload, node.upload = node.upload, None
         if upload is not None:
             upload.abort()
 
+    def _stream_failed(self, node: Node, exc: BaseException) -> OSError:
+        """The bytes handed to a failed stream are gone: the file cannot be completed."""
+        log.error("upload of %s failed while streaming; this write is lost: %s", "/".join(node.path), exc)
+        self._abort_upload(node)
+        node.dirty = False
+        node.stale = True
+        return OSError(errno.EIO, f"upload failed: {exc}")
+
+    async def _settle_staging(self, node: Node) -> None:
+        """Make the staging file hold the whole file again (before a read, a truncate or a
+        write that does not append): a running stream is read back, a stale file refilled."""
+        store = node.store
+        assert store is not None and node.staging_fd is not None
+        upload = node.upload
+        if upload is not None and upload.started:
+            node.upload = None
+            try:
+                await store.call(upload.read_back, node.staging_fd)
+            except Exception as exc:
+                raise self._stream_failed(node, exc) from exc
+        elif upload is not None:
+            self._abort_upload(node)  # not started: the staging file holds everything
+        if node.stale:
+            source = None
+            try:
+                entry = await store.call(store.storage.stat_file, node.path)
+                if self.cache is not None:
+                    source = await store.call(self.cache.localize, store.storage, node.path, entry.etag or "")
+            except FileNotFoundError:
+                pass
+            os.ftruncate(node.staging_fd, 0)
+            if source is not None:
+                _copy_into(source, node.staging_fd)
+            node.stale = False
+
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Up to size bytes at offset (short only at the end of the file)."""
         handle = self.handle(fh)
+        node = handle.node
+        if handle.fd is not None and handle.fd == node.staging_fd and (node.stale or node.upload is not None):
+            async with node.lock:
+                await self._settle_staging(node)
         if handle.fd is not None:
             return os.pread(handle.fd, size, offset)
-        node = handle.node
         download = handle.download
         if download is None:
             raise OSError(errno.EIO, "no data source")
@@ -899,18 +945,14 @@ class Vfs:
         if not handle.writable or handle.fd is None:
             raise OSError(errno.EBADF, "not open for writing")
         node = handle.node
-        if handle.append:
-            offset = os.fstat(handle.fd).st_size
-        written = os.pwrite(handle.fd, data, offset)
-        if node.store is not None and not node.store.local:
-            node.dirty = True
-            node.pending_mtime = None
-            if node.upload is not None:
-                if offset == node.upload_end and handle.fd == node.staging_fd:
-                    node.upload_end += written
-                    node.upload.ready(node.upload_end)
-                else:
-                    self._abort_upload(node)
+        store = node.store
+        if store is not None and not store.local:
+            async with node.lock:
+                offset, written = await self._write_remote(handle, node, store, offset, data)
+        else:
+            if handle.append:
+                offset = os.fstat(handle.fd).st_size
+            written = os.pwrite(handle.fd, data, offset)
         end = offset + written
         if end > node.entry.size or node.pending_mtime is not None:
             node.entry = _with(node.entry, size=max(node.entry.size, end), mtime_ns=time.time_ns())
@@ -918,6 +960,40 @@ class Vfs:
         else:
             node.entry = _with(node.entry, mtime_ns=time.time_ns())
         return written
+
+    async def _write_remote(self, handle: Handle, node: Node, store: StoreMount, offset: int,
+                            data: bytes) -> tuple[int, int]:
+        """A write to a remote file: appended to its stream, or into the staging file.
+        Returns (offset written at, bytes written)."""
+        assert handle.fd is not None
+        upload = node.upload
+        if handle.append and upload is not None:
+            offset = node.upload_end
+        if node.stale or (upload is not None and offset != node.upload_end):
+            await self._settle_staging(node)
+            upload = node.upload = None
+        if handle.append and upload is None:
+            offset = os.fstat(handle.fd).st_size
+        node.dirty = True
+        node.pending_mtime = None
+        if upload is not None and upload.started:
+            try:
+                if not upload.offer(data):
+                    await store.call(upload.put, data)
+            except Exception as exc:
+                raise self._stream_failed(node, exc) from exc
+            node.upload_end += len(data)
+            return offset, len(data)
+        written = os.pwrite(handle.fd, data, offset)
+        if upload is not None:
+            node.upload_end += written
+            if node.upload_end > upload.begin_at:
+                # Big enough to be segmented anyway: from now on it goes up as it comes.
+                try:
+                    await store.call(upload.put_file, handle.fd, node.upload_end)
+                except Exception as exc:
+                    raise self._stream_failed(node, exc) from exc
+        return offset, written
 
     def _touch_parent(self, node: Node) -> None:
         """Keep the parent's cached listing in step with what we know of a node we changed."""
@@ -957,13 +1033,23 @@ class Vfs:
         mtime = node.pending_mtime if node.pending_mtime is not None else node.entry.mtime_ns
         node.dirty = False
         storage = store.storage
-        upload, node.upload = node.upload, None
+        upload = node.upload
+        if upload is not None and upload.started:
+            node.upload = None
+        else:
+            # Not streaming (yet): the staging file holds it all; later appends may still stream
+            # (dd's dup2 closes a descriptor, so flushes the new file, before its first write).
+            upload = None
         try:
             if upload is not None:
+                node.stale = True  # the staging file holds only the start: the rest is in the stream
                 try:
-                    entry = await store.call(functools.partial(upload.finish, mtime, new=node.absent))
-                except FileExistsError:
-                    entry = await store.call(storage.store_local_file, node.staging, node.path, mtime)
+                    try:
+                        entry = await store.call(functools.partial(upload.finish, mtime, new=node.absent))
+                    except FileExistsError:  # someone else created it meanwhile: replace it
+                        entry = await store.call(functools.partial(upload.finish, mtime, new=False))
+                except Exception as exc:
+                    raise self._stream_failed(node, exc) from exc
             elif node.absent:
                 try:
                     entry = await store.call(functools.partial(storage.store_local_file, node.staging, node.path,
@@ -974,7 +1060,8 @@ class Vfs:
             else:
                 entry = await store.call(storage.store_local_file, node.staging, node.path, mtime)
         except BaseException:
-            node.dirty = True
+            if not node.stale:  # a stale staging file must never be uploaded
+                node.dirty = True
             raise
         node.absent = False
         node.entry = _with(entry, name=node.path[-1])
@@ -1027,7 +1114,7 @@ class Vfs:
         staging = node.staging
         node.staging = None
         node.staging_fd = None
-        if self.cache is not None and node.entry.etag and not node.unlinked:
+        if self.cache is not None and node.entry.etag and not node.unlinked and not node.stale:
             try:
                 self.cache.put(store.storage, node.path, node.entry.etag, staging)
                 return
@@ -1095,8 +1182,11 @@ class Vfs:
                     if node.writers <= 0 and not node.dirty:
                         self._end_staging(node)
                 return
-            if size < node.upload_end:
+            if size == 0:
                 self._abort_upload(node)
+                node.stale = False
+            await self._settle_staging(node)
+            self._abort_upload(node)
             os.ftruncate(node.staging_fd, size)  # type: ignore[arg-type]
             node.dirty = True
             node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())
@@ -1172,6 +1262,17 @@ class Vfs:
                 except Exception as exc:
                     log.error("at unmount, upload of %s failed; its data is kept in %s: %s",
                               "/".join(node.path), node.staging, exc)
+
+
+def _copy_into(source: str, fd: int) -> None:
+    """Copy the file source into fd from offset 0."""
+    with open(source, "rb") as src:
+        offset = 0
+        while True:
+            copied = os.copy_file_range(src.fileno(), fd, 1 << 30, offset, offset)
+            if not copied:
+                break
+            offset += copied
 
 
 def _with(entry: Entry, **changes: Any) -> Entry:

@@ -354,11 +354,11 @@ def _segment_names(env: Env) -> set[str]:
     return {item["name"] for item in items}
 
 
-async def test_appending_writer_uploads_segments_before_close(env: Env) -> None:
-    """Swift (1 MiB segments here): whole segments go up while the writer appends; close adds
-    the rest and the manifest.  A writer that leaves the append-only path loses nothing."""
-    if env.kind != "swift":
-        pytest.skip("early upload is a Swift feature")
+@pytest.mark.parametrize("env", ["swift"], indirect=True)
+async def test_appending_writer_streams_segments_before_close(env: Env) -> None:
+    """Swift (1 MiB segments here): past one segment, appended bytes stream to Swift from
+    memory as they come, not through the staging file; close adds the manifest.  A writer
+    that leaves the append-only path loses nothing."""
     public = await env.dir("public")
     data = os.urandom(5 * 1048576 + 12345)
     handle, node = await env.vfs.create(public, b"stream.bin", os.O_WRONLY | os.O_CREAT)
@@ -369,6 +369,8 @@ async def test_appending_writer_uploads_segments_before_close(env: Env) -> None:
         while len(_segment_names(env)) < 5:
             await trio.sleep(0.1)
     assert len(_segment_names(env)) == 5
+    assert os.fstat(node.staging_fd).st_size < 2 * 1048576  # only the start was staged
+    assert env.vfs.attr(node).size == len(data)
     with pytest.raises(FileNotFoundError):
         env.stores["public"].stat_file(["stream.bin"])  # nothing visible before close
     await env.vfs.flush(handle.fh)
@@ -388,8 +390,8 @@ async def test_appending_writer_uploads_segments_before_close(env: Env) -> None:
     await env.vfs.release(handle.fh)
     expected = b"REWRITTEN" + first[9:2 * 1048576 + 7]
     assert env.stores["public"].read_range(["rewrite.bin"], 0, len(first)) == expected
-    # Segments of the abandoned upload are deleted (in the background); the SLO written at
-    # close keeps its own three.
+    # The stream was read back into the staging file and its segments deleted; the SLO
+    # written at close has its own three.
     with trio.move_on_after(20):
         while len(_segment_names(env) - kept) != 3:
             await trio.sleep(0.2)
@@ -397,3 +399,33 @@ async def test_appending_writer_uploads_segments_before_close(env: Env) -> None:
     assert len(rewrite_segments) == 3, rewrite_segments
     assert all(name.startswith("rewrite.bin/") for name in rewrite_segments)
     assert len({name.split("/")[1] for name in rewrite_segments}) == 1
+
+
+@pytest.mark.parametrize("env", ["swift"], indirect=True)
+async def test_stream_fsync_then_more_and_unlink(env: Env) -> None:
+    """fsync publishes a streamed file; writing on after it still gives the whole file.
+    Unlinking a file while it streams publishes nothing and leaves no segment behind."""
+    public = await env.dir("public")
+    first, second = os.urandom(3 * 1048576), os.urandom(1048576 + 5)
+    handle, node = await env.vfs.create(public, b"grow.bin", os.O_RDWR | os.O_CREAT)
+    await env.vfs.write(handle.fh, 0, first)
+    await env.vfs.fsync(handle.fh, False)
+    assert env.stores["public"].stat_file(["grow.bin"]).size == len(first)
+    await env.vfs.write(handle.fh, len(first), second)
+    assert await env.vfs.read(handle.fh, len(first) - 3, 8) == first[-3:] + second[:5]
+    await env.vfs.flush(handle.fh)
+    await env.vfs.release(handle.fh)
+    assert env.stores["public"].read_range(["grow.bin"], 0, 8 << 20) == first + second
+    kept = _segment_names(env)
+
+    handle, node = await env.vfs.create(public, b"gone.bin", os.O_WRONLY | os.O_CREAT)
+    await env.vfs.write(handle.fh, 0, os.urandom(4 * 1048576))
+    await env.vfs.unlink(public, b"gone.bin")
+    await env.vfs.flush(handle.fh)
+    await env.vfs.release(handle.fh)
+    with pytest.raises(FileNotFoundError):
+        env.stores["public"].stat_file(["gone.bin"])
+    with trio.move_on_after(20):
+        while _segment_names(env) != kept:
+            await trio.sleep(0.2)
+    assert _segment_names(env) == kept

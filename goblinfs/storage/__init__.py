@@ -181,27 +181,47 @@ class Space:
 
 
 class Upload:
-    """A local file being stored while it is still written (``StorageInterface.start_upload``).
+    """A file handed to the store while it is being appended to (``StorageInterface.start_upload``).
 
-    The writer calls ``ready(end)`` when bytes [0, end) will not change any more, then
-    ``finish`` once the file is complete, or ``abort``.  This default sends nothing early:
-    ``finish`` is one ``store_local_file``.
+    The writer appends with ``offer`` (never blocks; False when the store's window is full)
+    or ``put`` (blocks until there is room), then ends with ``finish``, or ``read_back``
+    (to go on writing elsewhere), or ``abort``.  Nothing is visible at the name before
+    ``finish``; errors surface from offer/put/finish as OSError(EIO).
     """
 
-    def __init__(self, storage: StorageInterface, filename: str, filepath: Sequence[str]) -> None:
-        self.storage = storage
-        self.filename = filename
-        self.filepath = filepath
+    #: The writer should stage the first begin_at bytes and start the upload only past them.
+    begin_at: int = 0
+    #: Bytes appended so far.
+    accepted: int = 0
 
-    def ready(self, end: int) -> None:
-        """Bytes [0, end) of the file are final: the store may send them now (never blocks)."""
+    @property
+    def started(self) -> bool:
+        """True once the first bytes were appended."""
+        raise NotImplementedError
+
+    def offer(self, data: bytes) -> bool:
+        """Append data if the window has room (never blocks); False if it has none."""
+        raise NotImplementedError
+
+    def put(self, data: bytes) -> None:
+        """Append data, waiting for room in the window."""
+        raise NotImplementedError
+
+    def put_file(self, fd: int, length: int) -> None:
+        """Append bytes [0, length) of the open file fd."""
+        raise NotImplementedError
 
     def finish(self, mtime_ns: int | None = None, new: bool = False) -> Entry:
-        """Store the complete file at filepath, as ``store_local_file`` does; return its Entry."""
-        return self.storage.store_local_file(self.filename, self.filepath, mtime_ns, new=new)
+        """Store what was appended at the name (as ``store_local_file``); its Entry."""
+        raise NotImplementedError
+
+    def read_back(self, fd: int) -> int:
+        """Give up the upload, writing every byte appended so far into fd from offset 0."""
+        raise NotImplementedError
 
     def abort(self) -> None:
-        """Give up; nothing sent stays visible (never blocks)."""
+        """Give up without waiting (nothing sent stays)."""
+        raise NotImplementedError
 
 
 class StorageInterface:
@@ -307,13 +327,12 @@ class StorageInterface:
         self.__raise_not_implemented()
         raise AssertionError
 
-    def start_upload(self, filename: str, filepath: Sequence[str]) -> Upload:
-        """Begin storing the local file filename at filepath while it is still being appended to.
+    def start_upload(self, filepath: Sequence[str]) -> Upload | None:
+        """An Upload to filepath fed while the file is written, or None if the store has none.
 
-        Makes no request; see ``Upload``.  Stores that cannot send early return the default
-        ``Upload``, whose ``finish`` is a ``store_local_file``.
+        Makes no request.  The store keeps its own window, so memory stays bounded.
         """
-        return Upload(self, filename, filepath)
+        return None
 
     def stat_file(self, filepath: Sequence[str]) -> Entry:
         """Return the Entry of the file at filepath, in one request where the store can.

@@ -44,6 +44,7 @@ import json
 import logging
 import mimetypes
 import os
+import queue
 import re
 import socket
 import tempfile
@@ -527,14 +528,18 @@ class _HashingBody(LengthWrapper):
         self.md5 = hashlib.md5(usedforsecurity=False)
 
 
-class SegmentUploader(Upload):
-    """The SLO segments of a local file, uploaded on the store's worker pool.
+def _segment_base(store: CloudFileStorage, name: str, upload_id: str) -> str:
+    """The prefix of an upload's segment names (a hash when the name is too long for it)."""
+    if len(f"{name}/{upload_id}/00000000".encode()) > store.max_object_name_length:
+        return hashlib.sha256(name.encode("utf-8")).hexdigest()
+    return name
 
-    While the file is still being appended to, ``ready(end)`` sends every full segment
-    below end; ``finish`` sends the rest and the manifest.  A file that never filled a
-    segment is stored with one plain PUT.  Segments are private (random names in the
-    segments container) until the manifest is written, so an abandoned upload changes
-    nothing visible; ``abort`` deletes them.
+
+class SegmentUploader:
+    """The SLO segments of a complete local file, sent on the store's worker pool.
+
+    Segments are private (random names in the segments container) until the manifest is
+    written, so a failed upload changes nothing visible; its segments are deleted.
     """
 
     def __init__(self, store: CloudFileStorage, local_path: str, name: str, segment_size: int) -> None:
@@ -543,34 +548,26 @@ class SegmentUploader(Upload):
         self.name = name
         self.segment_size = segment_size
         self.upload_id = uuid.uuid4().hex
-        self.base = name
-        if len(f"{name}/{self.upload_id}/00000000".encode()) > store.max_object_name_length:
-            self.base = hashlib.sha256(name.encode("utf-8")).hexdigest()
+        self.base = _segment_base(store, name, self.upload_id)
         self.futures: list[Future[tuple[str, str, int]]] = []
         self.sent = 0
-        self.aborted = False
         self._fd: int | None = None
 
     def segment_name(self, index: int) -> str:
         return f"{self.base}/{self.upload_id}/{index:08d}"
 
-    def ready(self, end: int, final: bool = False) -> None:
-        """Bytes [0, end) are final: send each whole segment below end (and, final, the rest)."""
-        if self.aborted:
-            return
-        size = self.segment_size
-        while self.sent + size < end or (final and self.sent < end):
+    def send(self, end: int) -> None:
+        """Send bytes [0, end) as segments (each at most segment_size), in parallel."""
+        while self.sent < end:
             if self._fd is None:
                 self._fd = os.open(self.local_path, os.O_RDONLY | os.O_CLOEXEC)
-            length = min(size, end - self.sent)
+            length = min(self.segment_size, end - self.sent)
             future = self.store._executor().submit(self._put, len(self.futures), self.sent, length)
             self.futures.append(future)
             self.sent += length
 
     def _put(self, index: int, start: int, length: int) -> tuple[str, str, int]:
         assert self._fd is not None
-        if self.aborted:
-            raise OSError(errno.ECANCELED, "upload aborted")
         self.store._ensure_segment_container()
         segment = self.segment_name(index)
         body = _HashingBody(self._fd, start, length, hashing=self.store.verify_segments)
@@ -594,43 +591,220 @@ class SegmentUploader(Upload):
             raise error
         return results
 
-    def finish(self, mtime_ns: int | None = None, new: bool = False) -> Entry:
-        """The file is complete: store it at its name and return the Entry (as store_local_file)."""
-        size = os.path.getsize(self.local_path)
-        store = self.store
-        if not self.futures or size < self.sent or -(-size // self.segment_size) > store.max_manifest_segments:
-            # Nothing sent yet, or what was sent no longer fits: the ordinary upload.
-            self.abort()
-            return store._store_local(self.local_path, self.name, mtime_ns, new)
-        return store._store_local(self.local_path, self.name, mtime_ns, new, segments=self)
-
-    def abort(self) -> None:
-        """Give up: the segments sent are deleted in the background."""
-        if self.aborted:
-            return
-        self.aborted = True
-        futures = list(self.futures)
-        if not futures:
-            self.close()
-            return
-
-        def cleanup() -> None:
-            for future in futures:
-                future.cancel()
-            for future in futures:
-                with suppress(BaseException):
-                    future.result()
-            self.close()
-            self.store._delete_segments([(self.store.segment_container, self.segment_name(index))
-                                         for index in range(len(futures))])
-
-        threading.Thread(target=cleanup, name="goblinfs-abort-upload", daemon=True).start()
+    def discard(self) -> None:
+        """Delete every segment sent (after they have all ended)."""
+        for future in self.futures:
+            with suppress(BaseException):
+                future.result()
+        self.close()
+        self.store._delete_segments([(self.store.segment_container, self.segment_name(index))
+                                     for index in range(len(self.futures))])
 
     def close(self) -> None:
         if self._fd is not None:
             with suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+class SegmentStream(Upload):
+    """A file streamed into SLO segments while it is being appended to, from memory.
+
+    ``offer``/``put`` queue the appended bytes (a window of ``window`` chunks, so memory
+    stays bounded and a fast writer waits for the network); one thread sends them as
+    chunked PUTs of at most segment_size each.  ``finish`` writes the manifest.  Nothing is
+    visible before that; a failed or abandoned stream's segments are deleted.
+    """
+
+    def __init__(self, store: CloudFileStorage, name: str, segment_size: int, window: int = 16) -> None:
+        self.store = store
+        self.name = name
+        self.segment_size = segment_size
+        #: The vfs streams a file only once it is larger than this (smaller files: one PUT).
+        self.begin_at = segment_size
+        self.upload_id = uuid.uuid4().hex
+        self.base = _segment_base(store, name, self.upload_id)
+        self.accepted = 0
+        self.segments: list[tuple[str, str, int]] = []
+        self.error: BaseException | None = None
+        self.aborted = False
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=window)
+        self._thread: threading.Thread | None = None
+        self._ended = False
+        self._eof = False
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def segment_name(self, index: int) -> str:
+        return f"{self.base}/{self.upload_id}/{index:08d}"
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise OSError(errno.EIO, f"upload of {self.name} failed: {self.error}")
+        if self.aborted:
+            raise OSError(errno.EIO, f"upload of {self.name} was abandoned")
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="goblinfs-stream", daemon=True)
+            self._thread.start()
+
+    def offer(self, data: bytes) -> bool:
+        self._check()
+        self._start()
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            return False
+        self.accepted += len(data)
+        return True
+
+    def put(self, data: bytes) -> None:
+        self._check()
+        self._start()
+        self._queue.put(data)
+        self.accepted += len(data)
+
+    def put_file(self, fd: int, length: int) -> None:
+        """Append bytes [0, length) of the open file fd (blocking)."""
+        offset = 0
+        while offset < length:
+            chunk = os.pread(fd, min(SEND_CHUNK, length - offset), offset)
+            if not chunk:
+                raise OSError(errno.EIO, "the staging file is shorter than expected")
+            self.put(chunk)
+            offset += len(chunk)
+
+    def _end(self) -> None:
+        if not self._ended and self._thread is not None:
+            self._ended = True
+            self._queue.put(None)
+
+    def _run(self) -> None:
+        """Cut the queued bytes into segments.  A segment's PUT waits for Swift's answer (the
+        object server's fsync) on a pool thread while the next segment is already sent."""
+        self._carry: memoryview | None = None
+        futures: list[Future[tuple[str, str, int]]] = []
+        try:
+            self.store._ensure_segment_container()
+            index = 0
+            while not self._eof:
+                first = self._carry if self._carry is not None else self._queue.get()
+                self._carry = None
+                if first is None:
+                    break
+                sent_all = threading.Event()
+                future = self.store._executor().submit(self._put_segment, index, first, sent_all)
+                future.add_done_callback(lambda _f, event=sent_all: event.set())
+                futures.append(future)
+                sent_all.wait()
+                if future.done() and future.exception() is not None:
+                    break
+                index += 1
+            for future in futures:
+                self.segments.append(future.result())
+        except BaseException as exc:
+            self.error = exc
+            if not self.aborted:
+                log.warning("streaming %s to Swift failed: %s", self.name, exc)
+            for future in futures:  # what was sent is deleted with the rest
+                with suppress(BaseException):
+                    self.segments.append(future.result())
+            # Keep taking what writers queue until the end marker, so none of them blocks.
+            while not self._eof and self._queue.get() is not None:
+                pass
+
+    def _put_segment(self, index: int, first: bytes | memoryview,
+                     sent_all: threading.Event) -> tuple[str, str, int]:
+        sent = 0
+
+        def body() -> Iterator[memoryview]:
+            nonlocal sent
+            view = memoryview(first)
+            try:
+                while True:
+                    if self.aborted:
+                        raise OSError(errno.ECANCELED, "upload abandoned")
+                    room = self.segment_size - sent
+                    if len(view) > room:
+                        self._carry = view[room:]
+                        view = view[:room]
+                    if len(view):
+                        sent += len(view)
+                        yield view
+                    if sent >= self.segment_size or self._carry is not None:
+                        return
+                    following = self._queue.get()
+                    if following is None:
+                        self._eof = True
+                        return
+                    view = memoryview(following)
+            finally:
+                sent_all.set()
+
+        segment = self.segment_name(index)
+        etag = self.store._call("put_object", self.store.segment_container, segment, body(),
+                                content_type="application/octet-stream", name=segment)
+        return segment, _strip_etag(etag) or "", sent
+
+    def _wait(self) -> None:
+        self._end()
+        if self._thread is not None:
+            self._thread.join()
+
+    def finish(self, mtime_ns: int | None = None, new: bool = False) -> Entry:
+        """Send the rest and the manifest; the Entry of the stored file.  FileExistsError (with
+        new, when something appeared at the name) keeps the segments: call again without new."""
+        self._wait()
+        try:
+            self._check()
+            if sum(length for _, _, length in self.segments) != self.accepted:
+                raise OSError(errno.EIO, f"stream of {self.name} lost bytes")
+            return self.store._store_stream(self, mtime_ns, new)
+        except FileExistsError:
+            raise
+        except BaseException:
+            self.discard()
+            raise
+
+    def read_back(self, fd: int) -> int:
+        """Stop streaming: write every byte appended so far into fd from offset 0 (read from the
+        segments sent), delete the segments; the number of bytes."""
+        self._wait()
+        try:
+            self._check()
+            offset = 0
+            for segment, _etag, _length in self.segments:
+                _, body = self.store._call("get_object", self.store.segment_container, segment,
+                                           resp_chunk_size=SEND_CHUNK, name=segment)
+                for chunk in body:
+                    os.pwrite(fd, chunk, offset)
+                    offset += len(chunk)
+            if offset != self.accepted:
+                raise OSError(errno.EIO, f"read back {offset} of {self.accepted} bytes of {self.name}")
+            return offset
+        finally:
+            self.discard()
+
+    def abort(self) -> None:
+        """Give up without waiting; the segments sent are deleted in the background."""
+        if self.aborted:
+            return
+        self.aborted = True
+        if self._thread is None:
+            return
+
+        def cleanup() -> None:
+            self._wait()
+            self.discard()
+
+        threading.Thread(target=cleanup, name="goblinfs-abort-stream", daemon=True).start()
+
+    def discard(self) -> None:
+        segments, self.segments = self.segments, []
+        self.store._delete_segments([(self.store.segment_container, segment) for segment, _, _ in segments])
 
 
 class CloudFileStorage(StorageInterface):
@@ -1031,32 +1205,27 @@ class CloudFileStorage(StorageInterface):
                 raise OSError(errno.EFBIG, f"{size} bytes is more than Swift can store as one large object")
         return segment
 
-    def _upload(self, path: str, name: str, *, content_type: str, mtime_ns: int | None = None,
+    def _upload(self, path: str | None, name: str, *, content_type: str, mtime_ns: int | None = None,
                 meta: Mapping[str, str] | None = None, exclusive: bool = False,
-                old: Mapping[str, str] | None | object = _HEAD, segments: SegmentUploader | None = None) -> Entry:
+                old: Mapping[str, str] | None | object = _HEAD, stream: SegmentStream | None = None) -> Entry:
         """Upload the local file path as object name (SLO when large); return its Entry.
 
         ``old`` is the HEAD of the object being replaced if the caller has it (None: there is
-        none); by default it is fetched here.  ``segments``: an upload already under way
-        (its segments are used, or deleted if this fails).
+        none); by default it is fetched here.  ``stream``: the data is in this stream's
+        segments already (path is None); only the manifest is written.
         """
         components = name.split("/")
-        try:
-            self._check_new_name(name, components)
-            if old is _HEAD:
-                old = self._head(name)
-            assert old is None or isinstance(old, Mapping)
-            if old is not None and exclusive:
-                raise FileExistsError(errno.EEXIST, "file exists", name)
-            if old is not None and is_directory_type(old.get("content-type")):
-                raise IsADirectoryError(errno.EISDIR, "is a directory", name)
-        except BaseException:
-            if segments is not None:
-                segments.abort()
-            raise
+        self._check_new_name(name, components)
+        if old is _HEAD:
+            old = self._head(name)
+        assert old is None or isinstance(old, Mapping)
+        if old is not None and exclusive:
+            raise FileExistsError(errno.EEXIST, "file exists", name)
+        if old is not None and is_directory_type(old.get("content-type")):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", name)
         old_segments = self._slo_segments(name) if self._is_slo(old) else []
-        size = os.path.getsize(path)
-        segment_size = segments.segment_size if segments is not None else self._effective_segment_size(size)
+        size = stream.accepted if stream is not None else os.path.getsize(path)  # type: ignore[arg-type]
+        segment_size = self._effective_segment_size(size)
         if size > segment_size and not self.slo_enabled:
             raise OSError(errno.EFBIG, "object too large and this Swift has no SLO support", name)
         if mtime_ns is None:
@@ -1068,10 +1237,12 @@ class CloudFileStorage(StorageInterface):
             headers["If-None-Match"] = "*"
         full_type = f"{content_type};{MTIME_PARAM}={mtime}"
         try:
-            if segments is not None or size > segment_size:
-                etag = self._upload_slo(path, name, size, segment_size, full_type, headers, segments)
+            if stream is not None:
+                etag = self._put_manifest(name, stream.segments, full_type, headers)
+            elif size > segment_size:
+                etag = self._upload_slo(path, name, size, segment_size, full_type, headers)  # type: ignore[arg-type]
             else:
-                etag = self._upload_single(path, name, size, full_type, headers)
+                etag = self._upload_single(path, name, size, full_type, headers)  # type: ignore[arg-type]
         except ClientException as exc:
             if exc.http_status == 412 and exclusive:
                 raise FileExistsError(errno.EEXIST, "file exists", name) from None
@@ -1079,7 +1250,7 @@ class CloudFileStorage(StorageInterface):
         if old_segments:
             self._delete_segments(old_segments)
         log.debug("uploaded %s (%d bytes, %s)", name, size,
-                  "SLO" if segments is not None or size > segment_size else "single PUT")
+                  "streamed SLO" if stream is not None else "SLO" if size > segment_size else "single PUT")
         return Entry(components[-1], False, size, mtime_ns, etag, content_type)
 
     def _upload_single(self, path: str, name: str, size: int, full_type: str, headers: Mapping[str, str]) -> str:
@@ -1097,23 +1268,25 @@ class CloudFileStorage(StorageInterface):
         return md5
 
     def _upload_slo(self, path: str, name: str, size: int, segment_size: int, full_type: str,
-                    headers: Mapping[str, str], segments: SegmentUploader | None = None) -> str:
+                    headers: Mapping[str, str]) -> str:
         self._ensure_segment_container()
-        uploader = segments or SegmentUploader(self, path, name, segment_size)
+        uploader = SegmentUploader(self, path, name, segment_size)
         try:
-            uploader.ready(size, final=True)
-            done = uploader.results()
-            manifest = json.dumps([{"path": f"/{self.segment_container}/{segment}", "etag": md5, "size_bytes": length}
-                                   for segment, md5, length in done]).encode()
-            etag = self._call("put_object", self.container, name, manifest, content_length=len(manifest),
-                              content_type=full_type, headers=dict(headers),
-                              query_string="multipart-manifest=put", name=name, passthrough=(412,))
+            uploader.send(size)
+            etag = self._put_manifest(name, uploader.results(), full_type, headers)
         except BaseException:
-            uploader.close()
-            self._delete_segments([(self.segment_container, uploader.segment_name(index))
-                                   for index in range(len(uploader.futures))])
+            uploader.discard()
             raise
         uploader.close()
+        return etag
+
+    def _put_manifest(self, name: str, segments: Sequence[tuple[str, str, int]], full_type: str,
+                      headers: Mapping[str, str]) -> str:
+        manifest = json.dumps([{"path": f"/{self.segment_container}/{segment}", "etag": etag or None,
+                                "size_bytes": length} for segment, etag, length in segments]).encode()
+        etag = self._call("put_object", self.container, name, manifest, content_length=len(manifest),
+                          content_type=full_type, headers=dict(headers),
+                          query_string="multipart-manifest=put", name=name, passthrough=(412,))
         return _strip_etag(etag) or ""
 
     # ----------------------------------------------------------------- MediaGoblin API
@@ -1329,8 +1502,8 @@ class CloudFileStorage(StorageInterface):
         """
         return self._store_local(filename, self._file_name(filepath), mtime_ns, new)
 
-    def _store_local(self, filename: str, name: str, mtime_ns: int | None, new: bool,
-                     segments: SegmentUploader | None = None) -> Entry:
+    def _store_local(self, filename: str | None, name: str, mtime_ns: int | None, new: bool,
+                     stream: SegmentStream | None = None) -> Entry:
         components = name.split("/")
         self._check_new_name(name, components)
         content_type = _guess_type(components[-1])
@@ -1338,23 +1511,23 @@ class CloudFileStorage(StorageInterface):
             # One PUT: If-None-Match: * makes Swift refuse (412) rather than replace an object
             # the caller did not know of (whose SLO segments would be left behind).
             return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, exclusive=True,
-                                old=None, segments=segments)
+                                old=None, stream=stream)
         old = self._head(name)
         if old is None and self._dir_probe(name) is not None:
-            if segments is not None:
-                segments.abort()
             raise IsADirectoryError(errno.EISDIR, "is a directory", name)
-        return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, old=old,
-                            segments=segments)
+        return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, old=old, stream=stream)
 
-    def start_upload(self, filename: str, filepath: Sequence[str]) -> Upload:
-        """Segments of filename go up while it is still being appended to (see SegmentUploader)."""
+    def _store_stream(self, stream: SegmentStream, mtime_ns: int | None, new: bool) -> Entry:
+        return self._store_local(None, stream.name, mtime_ns, new, stream=stream)
+
+    def start_upload(self, filepath: Sequence[str]) -> Upload | None:
+        """A SegmentStream: files larger than segment_size go up while they are being written."""
+        if not self.slo_enabled:
+            return None
         name = self._file_name(filepath)
         self._check_new_name(name, name.split("/"))
-        if not self.slo_enabled:
-            return super().start_upload(filename, filepath)
         segment_size = max(min(self.segment_size, self.max_file_size), self.min_segment_size)
-        return SegmentUploader(self, filename, name, segment_size)
+        return SegmentStream(self, name, segment_size)
 
     def list_dir(self, dirpath: Sequence[str]) -> list[Entry]:
         """One directory's children from a delimiter listing, without a HEAD per object.

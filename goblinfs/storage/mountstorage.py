@@ -152,10 +152,10 @@ class MountStorage(StorageInterface):
             return Entry(name=components[-1] if components else "", is_dir=True)
         return backend.stat(rest)
 
-    def start_upload(self, filename: str, filepath: Sequence[str]) -> Upload:
+    def start_upload(self, filepath: Sequence[str]) -> Upload | None:
         """Upload into the holding store."""
         backend, rest = self._forward(filepath)
-        return backend.start_upload(filename, rest)
+        return backend.start_upload(rest)
 
     def stat_file(self, filepath: Sequence[str]) -> Entry:
         """Stat of a file in the holding store."""
