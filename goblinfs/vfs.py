@@ -924,7 +924,7 @@ class Vfs:
             async with node.lock:
                 await self._settle_staging(node)
         if handle.fd is not None:
-            return os.pread(handle.fd, size, offset)
+            return await self._pread(handle.fd, node, size, offset)
         download = handle.download
         if download is None:
             raise OSError(errno.EIO, "no data source")
@@ -938,6 +938,20 @@ class Vfs:
         if download.done < want_end and download.error is not None:
             raise OSError(errno.EIO, f"download failed: {download.error}")
         return os.pread(download.fd, size, offset)
+
+    async def _pread(self, fd: int, node: Node, size: int, offset: int) -> bytes | memoryview:
+        """Read from a local file: in line when the page cache has it all, else in a thread, so
+        the kernel's parallel read-ahead requests wait for the disk together, not in turn."""
+        buf = bytearray(size)
+        try:
+            got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+        except (BlockingIOError, OSError):
+            got = -1
+        if got == size:
+            return memoryview(buf)
+        if node.store is None:
+            return os.pread(fd, size, offset)
+        return await trio.to_thread.run_sync(os.pread, fd, size, offset, limiter=node.store.limiter)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         """Write at offset (at the end for O_APPEND); local: into the file, remote: the staging file."""
