@@ -694,6 +694,7 @@ class SegmentStream(Upload):
                 first = self._carry if self._carry is not None else self._queue.get()
                 self._carry = None
                 if first is None:
+                    self._eof = True
                     break
                 sent_all = threading.Event()
                 future = self.store._executor().submit(self._put_segment, index, first, sent_all)
