@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import os
 import re
 import threading
@@ -776,3 +777,24 @@ def test_writer_sync_uploads_and_stays_open(store: CloudFileStorage, swift_env: 
         assert other.read_range(["s.txt"], 0, 5) == b"first"
     finally:
         other.close()
+
+
+def test_stream_to_slo_and_its_errors(store: CloudFileStorage, raw: swiftclient.client.Connection) -> None:
+    """A SegmentStream (1 MiB segments here) stores what was appended as an SLO whose content
+    and size are exact; a chunked PUT into a missing container is a clear error."""
+    stream = store.start_upload(["s", "streamed.bin"])
+    assert stream is not None and not stream.started
+    data = os.urandom(3 * 1048576 + 777)
+    for offset in range(0, len(data), 300000):  # pieces that straddle the segment boundaries
+        if not stream.offer(data[offset:offset + 300000]):
+            stream.put(data[offset:offset + 300000])
+    entry = stream.finish(mtime_ns=1764201001123456789, new=True)
+    assert (entry.size, entry.mtime_ns) == (len(data), 1764201001123456789)
+    headers, body = raw.get_object(store.container, "s/streamed.bin")
+    assert body == data and headers.get("x-static-large-object", "").lower() == "true"
+    assert store.stat_file(["s", "streamed.bin"]).etag == entry.etag
+    manifest = json.loads(raw.get_object(store.container, "s/streamed.bin",
+                                         query_string="multipart-manifest=get")[1])
+    assert [item["bytes"] for item in manifest] == [1048576, 1048576, 1048576, 777]
+    with pytest.raises(FileNotFoundError):
+        store._put_chunked("no-such-container-here", "x", iter([memoryview(b"abc")]))
