@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from goblinfs.fuse_ops import Operations
-from goblinfs.storage import ExactPath
+from goblinfs.storage import ExactPath, StorageUnavailable
 from goblinfs.storage.filestorage import BasicFileStorage
 from goblinfs.vfs import ROOT_INO, Options, StoreMount, Vfs
 from goblinfs.workbench import ReadCache
@@ -429,3 +429,42 @@ async def test_stream_fsync_then_more_and_unlink(env: Env) -> None:
         while _segment_names(env) != kept:
             await trio.sleep(0.2)
     assert _segment_names(env) == kept
+
+
+@pytest.mark.parametrize("env", ["swift"], indirect=True)
+async def test_failed_stream_gives_eio_and_changes_nothing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Swift failing in the middle of a streamed write (injected on the second segment's PUT):
+    the writer gets EIO, the stored file keeps its old content, no segment stays, and the
+    file can be written again."""
+    public = await env.dir("public")
+    ino = await env.write_file(public, "keep.bin", b"old content")
+    store = env.stores["public"]
+    before = _segment_names(env)
+    real = store._put_chunked
+    calls: list[str] = []
+
+    def failing(container: str, name: str, chunks: Any) -> Any:
+        calls.append(name)
+        if len(calls) >= 2:
+            raise StorageUnavailable("injected: Swift went away")
+        return real(container, name, chunks)
+
+    monkeypatch.setattr(store, "_put_chunked", failing)
+    handle = await env.vfs.open(ino, os.O_WRONLY | os.O_TRUNC)
+    with pytest.raises(OSError) as failure:
+        for offset in range(0, 8 << 20, 1 << 20):
+            await env.vfs.write(handle.fh, offset, os.urandom(1 << 20))
+        await env.vfs.flush(handle.fh)
+    assert failure.value.errno == errno.EIO
+    await env.vfs.release(handle.fh)
+    assert len(calls) >= 2
+    assert store.read_range(["keep.bin"], 0, 100) == b"old content"
+    assert await env.read_file(ino) == b"old content"
+    with trio.move_on_after(20):
+        while _segment_names(env) != before:
+            await trio.sleep(0.2)
+    assert _segment_names(env) == before
+    monkeypatch.setattr(store, "_put_chunked", real)
+    await env.vfs.setattr(ino, size=0)
+    assert await env.write_file(public, "keep.bin", b"new content") == ino
+    assert store.read_range(["keep.bin"], 0, 100) == b"new content"
