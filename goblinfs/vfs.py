@@ -573,8 +573,8 @@ class Vfs:
         if node.dirty:
             # Written but not uploaded yet: nothing to delete remotely unless it existed before.
             node.dirty = False
+        self._abort_upload(node)
         try:
-            self._abort_upload(node)
             await store.call(store.storage.delete_file, node.path)
         except FileNotFoundError:
             if node.staging is None:
@@ -945,12 +945,11 @@ class Vfs:
         buf = bytearray(size)
         try:
             got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
-        except (BlockingIOError, OSError):
+        except OSError:  # EAGAIN: not all in the page cache
             got = -1
         if got == size:
             return memoryview(buf)
-        if node.store is None:
-            return os.pread(fd, size, offset)
+        assert node.store is not None
         return await trio.to_thread.run_sync(os.pread, fd, size, offset, limiter=node.store.limiter)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -984,8 +983,8 @@ class Vfs:
         if handle.append and upload is not None:
             offset = node.upload_end
         if node.stale or (upload is not None and offset != node.upload_end):
-            await self._settle_staging(node)
-            upload = node.upload = None
+            await self._settle_staging(node)  # ends the upload
+            upload = None
         if handle.append and upload is None:
             offset = os.fstat(handle.fd).st_size
         node.dirty = True
@@ -1196,11 +1195,10 @@ class Vfs:
                     if node.writers <= 0 and not node.dirty:
                         self._end_staging(node)
                 return
-            if size == 0:
+            if size == 0:  # nothing to keep: no read-back or refill
                 self._abort_upload(node)
                 node.stale = False
             await self._settle_staging(node)
-            self._abort_upload(node)
             os.ftruncate(node.staging_fd, size)  # type: ignore[arg-type]
             node.dirty = True
             node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())

@@ -496,9 +496,8 @@ class SwiftWriter(PublishOnClose, io.FileIO):
 
 class _HashingBody(LengthWrapper):
     """The bytes [start, start + length) of an open file, sent by swiftclient in 1 MiB reads
-    and MD5-hashed on the way: the data is read once, and the ETag Swift returns is checked
-    against ``md5`` afterwards (a segment is not visible before its manifest, so a bad one
-    is simply not used).
+    (its default file object path reads 16 KiB at a time), MD5-hashed on the way if hashing:
+    the caller compares ``md5`` with the ETag Swift returns.
     """
 
     def __init__(self, fd: int, start: int, length: int, hashing: bool = True) -> None:  # no file object
@@ -529,14 +528,24 @@ class _HashingBody(LengthWrapper):
         self.md5 = hashlib.md5(usedforsecurity=False)
 
 
-def _segment_base(store: CloudFileStorage, name: str, upload_id: str) -> str:
-    """The prefix of an upload's segment names (a hash when the name is too long for it)."""
-    if len(f"{name}/{upload_id}/00000000".encode()) > store.max_object_name_length:
-        return hashlib.sha256(name.encode("utf-8")).hexdigest()
-    return name
+class _Segments:
+    """The names of one upload's segments: ``<name>/<upload id>/<index>`` in the segments
+    container (a hash instead of the name when that would be too long)."""
+
+    def __init__(self, store: CloudFileStorage, name: str, segment_size: int) -> None:
+        self.store = store
+        self.name = name
+        self.segment_size = segment_size
+        self.upload_id = uuid.uuid4().hex
+        self.base = name
+        if len(f"{name}/{self.upload_id}/00000000".encode()) > store.max_object_name_length:
+            self.base = hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+    def segment_name(self, index: int) -> str:
+        return f"{self.base}/{self.upload_id}/{index:08d}"
 
 
-class SegmentUploader:
+class SegmentUploader(_Segments):
     """The SLO segments of a complete local file, sent on the store's worker pool.
 
     Segments are private (random names in the segments container) until the manifest is
@@ -544,18 +553,11 @@ class SegmentUploader:
     """
 
     def __init__(self, store: CloudFileStorage, local_path: str, name: str, segment_size: int) -> None:
-        self.store = store
+        super().__init__(store, name, segment_size)
         self.local_path = local_path
-        self.name = name
-        self.segment_size = segment_size
-        self.upload_id = uuid.uuid4().hex
-        self.base = _segment_base(store, name, self.upload_id)
         self.futures: list[Future[tuple[str, str, int]]] = []
         self.sent = 0
         self._fd: int | None = None
-
-    def segment_name(self, index: int) -> str:
-        return f"{self.base}/{self.upload_id}/{index:08d}"
 
     def send(self, end: int) -> None:
         """Send bytes [0, end) as segments (each at most segment_size), in parallel."""
@@ -608,7 +610,7 @@ class SegmentUploader:
             self._fd = None
 
 
-class SegmentStream(Upload):
+class SegmentStream(_Segments, Upload):
     """A file streamed into SLO segments while it is being appended to, from memory.
 
     ``offer``/``put`` queue the appended bytes (a window of ``window`` chunks, so memory
@@ -618,13 +620,9 @@ class SegmentStream(Upload):
     """
 
     def __init__(self, store: CloudFileStorage, name: str, segment_size: int, window: int = 16) -> None:
-        self.store = store
-        self.name = name
-        self.segment_size = segment_size
+        super().__init__(store, name, segment_size)
         #: The vfs streams a file only once it is larger than this (smaller files: one PUT).
         self.begin_at = segment_size
-        self.upload_id = uuid.uuid4().hex
-        self.base = _segment_base(store, name, self.upload_id)
         self.accepted = 0
         self.segments: list[tuple[str, str, int]] = []
         self.error: BaseException | None = None
@@ -633,13 +631,12 @@ class SegmentStream(Upload):
         self._thread: threading.Thread | None = None
         self._ended = False
         self._eof = False
+        #: The part of a queued chunk past the segment it was cut at (the next segment's start).
+        self._carry: memoryview | None = None
 
     @property
     def started(self) -> bool:
         return self._thread is not None
-
-    def segment_name(self, index: int) -> str:
-        return f"{self.base}/{self.upload_id}/{index:08d}"
 
     def _check(self) -> None:
         if self.error is not None:
@@ -692,7 +689,6 @@ class SegmentStream(Upload):
     def _run(self) -> None:
         """Cut the queued bytes into segments.  A segment's PUT waits for Swift's answer (the
         object server's fsync) on a pool thread while the next segment is already sent."""
-        self._carry: memoryview | None = None
         futures: list[Future[tuple[str, str, int]]] = []
         try:
             self.store._ensure_segment_container()
@@ -711,8 +707,7 @@ class SegmentStream(Upload):
                 if future.done() and future.exception() is not None:
                     break
                 index += 1
-            for future in futures:
-                self.segments.append(future.result())
+            self.segments = [future.result() for future in futures]
         except BaseException as exc:
             self.error = exc
             if not self.aborted:
@@ -769,7 +764,7 @@ class SegmentStream(Upload):
             self._check()
             if sum(length for _, _, length in self.segments) != self.accepted:
                 raise OSError(errno.EIO, f"stream of {self.name} lost bytes")
-            return self.store._store_stream(self, mtime_ns, new)
+            return self.store._store_local(None, self.name, mtime_ns, new, stream=self)
         except FileExistsError:
             raise
         except BaseException:
@@ -1242,8 +1237,12 @@ class CloudFileStorage(StorageInterface):
 
     # ----------------------------------------------------------------------- upload
 
+    def _base_segment_size(self) -> int:
+        """segment_size within what the cluster allows."""
+        return max(min(self.segment_size, self.max_file_size), self.min_segment_size)
+
     def _effective_segment_size(self, size: int) -> int:
-        segment = max(min(self.segment_size, self.max_file_size), self.min_segment_size)
+        segment = self._base_segment_size()
         if size > segment and -(-size // segment) > self.max_manifest_segments:
             segment = -(-size // self.max_manifest_segments)
             if segment > self.max_file_size:
@@ -1562,17 +1561,13 @@ class CloudFileStorage(StorageInterface):
             raise IsADirectoryError(errno.EISDIR, "is a directory", name)
         return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, old=old, stream=stream)
 
-    def _store_stream(self, stream: SegmentStream, mtime_ns: int | None, new: bool) -> Entry:
-        return self._store_local(None, stream.name, mtime_ns, new, stream=stream)
-
     def start_upload(self, filepath: Sequence[str]) -> Upload | None:
         """A SegmentStream: files larger than segment_size go up while they are being written."""
         if not self.slo_enabled:
             return None
         name = self._file_name(filepath)
         self._check_new_name(name, name.split("/"))
-        segment_size = max(min(self.segment_size, self.max_file_size), self.min_segment_size)
-        return SegmentStream(self, name, segment_size)
+        return SegmentStream(self, name, self._base_segment_size())
 
     def list_dir(self, dirpath: Sequence[str]) -> list[Entry]:
         """One directory's children from a delimiter listing, without a HEAD per object.
