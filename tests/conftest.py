@@ -169,3 +169,27 @@ def mount_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mount
         if container is not None:
             drop_container(swift_env, container)
             drop_container(swift_env, container + "-queue")
+
+
+class FaultSwift:
+    """A FaultProxy in front of the session Swift, and a copy of swift_env whose auth_url goes through it."""
+
+    def __init__(self, proxy: Any, env: dict[str, Any]) -> None:
+        self.proxy = proxy
+        self.env = env
+
+
+@pytest.fixture
+def fault_swift(swift_env: dict[str, Any]) -> Iterator[FaultSwift]:
+    """``.proxy``: a FaultProxy to swift_env's proxy port; ``.env``: swift_env with ``auth_url`` through it."""
+    import urllib.parse
+
+    from .faultproxy import FaultProxy
+
+    upstream = urllib.parse.urlsplit(swift_env["auth_url"]).port
+    assert upstream is not None
+    with FaultProxy(upstream) as proxy:
+        env = dict(swift_env)
+        env["auth_url"] = proxy.auth_url(swift_env["auth_url"])
+        env["direct_auth_url"] = swift_env["auth_url"]
+        yield FaultSwift(proxy, env)
