@@ -1,0 +1,166 @@
+"""The data of the semantics layer: options, attributes, store mounts, inodes and handles."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from ..storage import (
+    Entry,
+    ExactPath,
+    StorageInterface,
+    Upload,
+)
+
+if TYPE_CHECKING:
+    from .reads import Download
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+ROOT_INO = 1
+
+#: Name of the extended attributes goblinfs answers.
+XATTR_URL = "user.goblinfs.url"
+XATTR_ETAG = "user.goblinfs.etag"
+XATTR_CONTENT_TYPE = "user.goblinfs.content_type"
+XATTRS = (XATTR_URL, XATTR_ETAG, XATTR_CONTENT_TYPE)
+
+
+@dataclass
+class Options:
+    """Mount options that change semantics (the CLI parses them from ``-o``)."""
+
+    ro: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    umask: int = 0o022
+    attr_timeout: float = 1.0
+    #: How long a directory listing is trusted (another mount's changes show after it).
+    dir_timeout: float = 1.0
+    #: clean: new names are stored cleaned; strict: a name cleaning would change is EINVAL.
+    names: str = "clean"
+    #: Seconds a store call may take before the caller gets EIO.
+    op_timeout: float = 120.0
+    #: Remote objects above this size are streamed on first read instead of fetched whole first.
+    stream_threshold: int = 4 * 1048576
+    #: Where remote writes are staged (the workbench).
+    staging_dir: str = field(default_factory=tempfile.gettempdir)
+    #: How long names we created/deleted override a (possibly stale) remote listing.
+    overlay_seconds: float = 60.0
+
+
+@dataclass
+class Attr:
+    """What getattr answers for one inode."""
+
+    ino: int
+    mode: int
+    size: int
+    mtime_ns: int
+    uid: int
+    gid: int
+    nlink: int = 1
+    timeout: float = 1.0
+
+
+class StoreMount:
+    """One store shown as a directory of the mount, with its own worker limiter."""
+
+    def __init__(self, name: str, storage: StorageInterface, options: Options, max_threads: int = 8) -> None:
+        self.name = name
+        self.storage = storage
+        self.options = options
+        self.local = bool(storage.local_storage) and hasattr(storage, "open_fd")
+        self.limiter = trio.CapacityLimiter(max_threads)
+        self.max_name_length = int(getattr(storage, "max_object_name_length", 0) or 0)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call in a worker thread, bounded by op_timeout (EIO past it)."""
+        try:
+            with trio.fail_after(self.options.op_timeout):
+                return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+        except trio.TooSlowError:
+            log.error("%s: store call %s took more than %.0f s", self.name, getattr(fn, "__name__", fn),
+                      self.options.op_timeout)
+            raise OSError(errno.EIO, "store timed out") from None
+
+
+class Node:
+    """An inode: a file or directory of one store (or the mount's root)."""
+
+    __slots__ = ("ino", "store", "path", "is_dir", "entry", "fetched", "lookups", "children", "children_time",
+                 "open_count", "staging", "staging_fd", "dirty", "writers", "pending_mtime", "lock",
+                 "download", "keep_cache_etag", "local_fd_size", "unlinked", "absent", "upload", "upload_end",
+                 "stale", "__weakref__")
+
+    def __init__(self, ino: int, store: StoreMount | None, path: ExactPath, entry: Entry) -> None:
+        self.ino = ino
+        self.store = store
+        self.path = path
+        self.is_dir = entry.is_dir
+        self.entry = entry
+        self.fetched = time.monotonic()
+        self.lookups = 0
+        self.children: dict[str, Entry] | None = None
+        self.children_time = 0.0
+        self.open_count = 0
+        self.staging: str | None = None
+        self.staging_fd: int | None = None
+        self.dirty = False
+        self.writers = 0
+        self.pending_mtime: int | None = None
+        self.lock = trio.Lock()
+        self.download: Download | None = None
+        self.keep_cache_etag: str | None = None
+        self.local_fd_size: int | None = None
+        self.unlinked = False
+        #: Created here and not uploaded yet: the store had nothing at this path when we looked.
+        self.absent = False
+        #: Remote, written from empty and only appended to so far: past upload.begin_at bytes,
+        #: appended data goes to the store as it comes (not to the staging file).
+        self.upload: Upload | None = None
+        #: Bytes appended so far (while upload is set).
+        self.upload_end = 0
+        #: The staging file lacks what a finished stream sent: refill it before using it.
+        self.stale = False
+
+    def __repr__(self) -> str:
+        where = self.store.name if self.store else "-"
+        return f"<Node {self.ino} {where}:{'/'.join(self.path)}>"
+
+
+@dataclass
+class Handle:
+    """An open file: the fd it reads and writes (backing file, cached copy or staging file)."""
+
+    fh: int
+    node: Node
+    fd: int | None
+    writable: bool
+    owns_fd: bool
+    append: bool = False
+    keep_cache: bool = True
+    download: Download | None = None
+
+
+
+def _dir_entry(name: str) -> Entry:
+    return Entry(name=name, is_dir=True, mtime_ns=time.time_ns())
+
+
+def _with(entry: Entry, **changes: Any) -> Entry:
+    values = {"name": entry.name, "is_dir": entry.is_dir, "size": entry.size, "mtime_ns": entry.mtime_ns,
+              "etag": entry.etag, "content_type": entry.content_type}
+    values.update(changes)
+    return Entry(**values)
