@@ -172,9 +172,9 @@ class ReadsMixin:
         """Up to size bytes at offset (short only at the end of the file)."""
         handle = self.handle(fh)
         node = handle.node
-        if handle.fd is not None and handle.fd == node.staging_fd and (node.stale or node.upload is not None):
-            async with node.lock:
-                await self._settle_staging(node)
+        staged = await self._staged_read(handle, offset, size)  # writes.py: the file is being written here
+        if staged is not None:
+            return staged
         if handle.fd is not None:
             return await self._pread(handle.fd, node, size, offset)
         download = handle.download

@@ -91,6 +91,16 @@ class WritesMixin:
                 _copy_into(source, node.staging_fd)
             node.stale = False
 
+    async def _staged_read(self, handle: Handle, offset: int, size: int) -> bytes | memoryview | None:
+        """A read of a handle on a file being written here (read-your-writes), or None: not staged."""
+        node = handle.node
+        if handle.fd is None or handle.fd != node.staging_fd:
+            return None
+        if node.stale or node.upload is not None:
+            async with node.lock:
+                await self._settle_staging(node)
+        return await self._pread(handle.fd, node, size, offset)
+
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         """Write at offset (at the end for O_APPEND); local: into the file, remote: the staging file."""
         handle = self.handle(fh)
