@@ -24,6 +24,7 @@ import trio
 
 from .config import ConfigError, GoblinConfig, ensure_local_dirs
 from .fuse_ops import Operations
+from .status import install_error_log
 from .storage import Error as StorageError
 from .vfs import Options, StoreMount, Vfs
 from .workbench import WorkbenchManager
@@ -231,6 +232,8 @@ def prepare(config: GoblinConfig, mountpoint: str, opts: MountOptions, only_stor
         if not opts.attr_timeout_set:
             opts.vfs.attr_timeout = 10.0
     vfs = Vfs(stores, opts.vfs, cache=manager.cache, single=only_store is not None)
+    # The last warnings and errors, for the status document (user.goblinfs.status).
+    vfs.error_log = install_error_log()
     fuse_options = set(opts.fuse) | {"fsname=goblinfs", "subtype=goblinfs"}
     if any(o.startswith("fsname=") for o in opts.fuse):
         fuse_options.discard("fsname=goblinfs")
@@ -316,6 +319,7 @@ def setup_logging(debug: bool, logfile: str | None) -> None:
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     for noisy in ("swiftclient", "urllib3", "requests"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+    install_error_log()  # goblinfs's own warnings and errors, kept for `goblinfs status`
 
 
 def unmount(mountpoint: str, lazy: bool = False) -> None:
