@@ -154,3 +154,57 @@ def run(cmd: list[str] | str, cwd: Path | str | None = None, check: bool = True,
     if check and result.returncode != 0:
         pytest.fail(f"{cmd!r} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def mount_ids(path: Path | str) -> list[int]:
+    """The mount IDs (first field of /proc/self/mountinfo) of every mount at path, dead ones too."""
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return [int(line.split()[0]) for line in f if line.split()[4].replace("\\040", " ") == path]
+
+
+def live_mount(path: Path | str) -> bool:
+    """A mount is at path and answers: statvfs reaches a daemon (a dead mount gives ENOTCONN).
+
+    statvfs first: if it succeeds, what it reached was a live mount or the bare directory, so a
+    mount listed afterwards cannot be the dead one (it never comes back once cleared).
+    """
+    try:
+        os.statvfs(path)
+    except OSError:
+        return False
+    return bool(mount_ids(path))
+
+
+class Remounted(Mounted):
+    """``Mounted`` at a mountpoint that may still hold a dead mount (after kill -9 of a daemon).
+
+    The mountpoint is not touched (mkdir on a dead mount fails with ENOTCONN): the new daemon is
+    expected to clear the dead mount itself.  Ready once ``live_mount`` is true (mount IDs are
+    reused, so a new ID cannot tell the new mount from the dead one).
+    """
+
+    def __enter__(self) -> Remounted:
+        args = [sys.executable, "-m", "goblinfs", "mount"]
+        if self.config is not None:
+            args.append(str(self.config))
+        args += [str(self.mountpoint), "-f"] + self.extra_args
+        if self.options:
+            args += ["-o", self.options]
+        env = dict(os.environ)
+        env.update(self.env or {})
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+        deadline = time.monotonic() + self.timeout
+        try:
+            while not live_mount(self.mountpoint):
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"daemon exited ({self.proc.returncode}) before mounting:\n{self.log()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"not mounted after {self.timeout} s:\n{self.log()}")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop(clean=False)
+            raise
+        return self

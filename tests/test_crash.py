@@ -1,0 +1,542 @@
+"""Crash tests: kill -9 of the goblinfs daemon at many points of an overwrite on the real Swift.
+
+Each crash point mounts a fresh container, writes the old content through the mount, then a
+writer subprocess (driven step by step through pipes) overwrites it with new content, and the
+test kills the daemon by PID at an exact point: after N bytes were written, after a dup'd
+descriptor was closed (flush) but before the final close (release), while the final close's
+upload is held up by the fault proxy, or right after close returned.  Then the writer is killed
+by PID, the filesystem is mounted again at the same mountpoint (the new daemon clears the dead
+mount) with the same ``cache_dir``, and the test checks, directly on Swift and through the new
+mount, by sha256:
+
+* the object is exactly the old or exactly the new content, never empty, truncated or mixed;
+* data whose writer never called close/fsync is never published (store: old), and is kept in
+  ``<cache_dir>/recovered/<store>/<path>[suffix]``, listed by ``goblinfs status MNT --json``;
+* data whose close was called but not confirmed is either uploaded from the journal within a
+  few seconds of the remount or kept in recovered/ (the new bytes exist somewhere);
+* data whose close/flush returned 0 is the stored object;
+* no orphaned segment is left in ``<container>_segments`` a few seconds after the remount.
+
+``GOBLINFS_SLOW=1`` runs a denser sweep.  The points tried and the bytes lost are printed at
+the end of the module.  Nothing is left behind: the writer and both daemons are ended by PID,
+the mountpoint unmounted with fusermount3 (lazily if needed), the containers deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import random
+import select
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import drop_container
+from .mountutil import ROOT, Mounted, Remounted, force_unmount, is_mounted, mount_ids, write_swift_config
+
+SEG = 1048576  # segment_size of write_swift_config
+MIB = 1048576
+SLOW = os.environ.get("GOBLINFS_SLOW", "") not in ("", "0")
+NAME = "victim.bin"
+STORE = "public"
+#: How long recovery after the remount may take (journal upload, recovered/ files, segment cleanup).
+SETTLE = 8.0
+ORPHAN_WAIT = 6.0
+#: Delay of the fault proxy on the close's slow PUTs.
+SLOW_PUT = 3.0
+
+# ---------------------------------------------------------------------------------------------
+# The writer: a python one-liner driven through stdin, answering one line per command on stdout.
+
+WRITER = r"""
+import os, sys
+src = memoryview(open(sys.argv[1], "rb").read())
+fds = {}
+pos = 0
+def reply(text):
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+reply("ready")
+for line in sys.stdin:
+    cmd, *args = line.split()
+    try:
+        if cmd == "open":
+            fds["main"] = os.open(sys.argv[2], os.O_WRONLY | os.O_TRUNC)
+        elif cmd == "write":
+            end = int(args[0])
+            while pos < end:
+                pos += os.write(fds["main"], src[pos:min(end, pos + 131072)])
+        elif cmd == "dup":
+            fds["dup"] = os.dup(fds["main"])
+        elif cmd == "closedup":
+            os.close(fds.pop("dup"))
+        elif cmd == "fsync":
+            os.fsync(fds["main"])
+        elif cmd == "close":
+            os.close(fds.pop("main"))
+        reply(f"ok {pos}")
+    except OSError as exc:
+        reply(f"err {exc.errno} {pos}")
+"""
+
+
+class Writer:
+    """The writer subprocess; ``send`` a command, ``reply`` waits for its answer line."""
+
+    def __init__(self, source: Path, target: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", WRITER, str(source), str(target)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._buf = b""
+        assert self.reply(30) == "ready"
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def reply(self, timeout: float) -> str | None:
+        """The next answer line, or None if none came within timeout."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"writer exited ({self.proc.poll()}): {self.stderr()}")
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    def ask(self, command: str, timeout: float = 60) -> str:
+        self.send(command)
+        answer = self.reply(timeout)
+        assert answer is not None, f"writer: no answer to {command!r} within {timeout} s"
+        return answer
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        """By PID; waits so no process is left."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=30)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash points.
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One crash point.
+
+    ``kind``: "write" (kill after ``at`` bytes written, no close), "flush" (all written, a dup'd
+    descriptor closed, kill before the final close), "close-delay-segment" /
+    "close-delay-manifest" / "close-hang-manifest" (kill while the final close's segment or
+    manifest PUT is held by the fault proxy), "close" (kill right after close returned),
+    "fsync" (all written, fsync returned, kill before close).  ``at`` is a function of the new
+    content's length; ``pause``: seconds between the last answer and the kill.
+    """
+
+    id: str
+    kind: str
+    at: Callable[[int], int] = dataclasses.field(default=lambda n: n, compare=False)
+    pause: float = 0.0
+
+    @property
+    def proxied(self) -> bool:
+        return self.kind.startswith("close-")
+
+
+def _points() -> list[Point]:
+    points = [
+        Point("write-0", "write", lambda n: 0),
+        Point("write-7", "write", lambda n: 7),
+        Point("write-seg-1", "write", lambda n: SEG - 1),
+        Point("write-seg", "write", lambda n: SEG),
+        Point("write-seg+1", "write", lambda n: SEG + 1),
+        Point("write-mid", "write", lambda n: n // 2 + 12345),
+        Point("write-all-no-close", "write", lambda n: n),
+        Point("flush-dup-before-release", "flush"),
+        Point("close-delay-segment", "close-delay-segment"),
+        Point("close-hang-manifest", "close-hang-manifest"),
+        Point("after-close", "close"),
+    ]
+    if SLOW:
+        points += [
+            Point("write-1", "write", lambda n: 1),
+            Point("write-4096", "write", lambda n: 4096),
+            Point("write-seg-1-paused", "write", lambda n: SEG - 1, pause=0.5),
+            Point("write-seg+1-paused", "write", lambda n: SEG + 1, pause=0.5),
+            Point("write-2seg-1", "write", lambda n: 2 * SEG - 1),
+            Point("write-2seg", "write", lambda n: 2 * SEG),
+            Point("write-2seg+1", "write", lambda n: 2 * SEG + 1, pause=0.5),
+            Point("write-all-1", "write", lambda n: n - 1),
+            Point("write-all-paused", "write", lambda n: n, pause=1.0),
+            Point("flush-dup-paused", "flush", pause=1.0),
+            Point("fsync-before-close", "fsync"),
+            Point("close-delay-manifest", "close-delay-manifest"),
+            Point("after-close-paused", "close", pause=1.0),
+        ]
+        rng = random.Random(4242)
+        for i in range(6):
+            frac = rng.random()
+            points.append(Point(f"write-random{i}", "write", lambda n, f=frac: int(n * f),
+                                pause=rng.choice((0.0, 0.3))))
+    return points
+
+
+POINTS = _points()
+
+#: (point id, outcome, bytes acknowledged to the writer, bytes lost) of every point tried.
+RESULTS: list[tuple[str, str, int, int]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _summary(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    lines = [f"crash points tried: {len(RESULTS)} of {len(POINTS)} "
+             f"({'GOBLINFS_SLOW sweep' if SLOW else 'default sweep; GOBLINFS_SLOW=1 for the dense one'}); "
+             f"bytes lost in total: {sum(r[3] for r in RESULTS)}"]
+    lines += [f"  {pid:28} {outcome:44} acked {acked:>8}  lost {lost:>8}" for pid, outcome, acked, lost in RESULTS]
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        print("\n".join(lines))
+        return
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        reporter.write_line("")
+        for line in lines:
+            reporter.write_line(line)
+
+
+# ---------------------------------------------------------------------------------------------
+# Looking behind the mount.
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def swift_conn(swift_env: dict[str, Any]) -> Any:
+    import swiftclient
+
+    return swiftclient.Connection(authurl=swift_env["auth_url"], user=swift_env["user"], key=swift_env["key"],
+                                  retries=2)
+
+
+def stored(conn: Any, container: str) -> bytes | None:
+    """The object's bytes read directly from Swift (None if absent)."""
+    import swiftclient
+
+    try:
+        _headers, body = conn.get_object(container, NAME)
+    except swiftclient.ClientException as exc:
+        if exc.http_status == 404:
+            return None
+        raise
+    return bytes(body)
+
+
+def orphan_segments(conn: Any, container: str) -> list[str]:
+    """Segments in <container>_segments that no manifest of the container refers to."""
+    import swiftclient
+
+    try:
+        _h, segments = conn.get_container(container + "_segments", full_listing=True)
+    except swiftclient.ClientException as exc:
+        if exc.http_status == 404:
+            return []
+        raise
+    names = {s["name"] for s in segments}
+    if not names:
+        return []
+    referenced: set[str] = set()
+    _h, objects = conn.get_container(container, full_listing=True)
+    for obj in objects:
+        try:
+            headers = conn.head_object(container, obj["name"])
+        except swiftclient.ClientException:
+            continue
+        if headers.get("x-static-large-object", "").lower() == "true":
+            _h, body = conn.get_object(container, obj["name"], query_string="multipart-manifest=get")
+            for seg in json.loads(body):
+                seg_container, _, seg_name = seg["name"].lstrip("/").partition("/")
+                if seg_container == container + "_segments":
+                    referenced.add(seg_name)
+        elif "x-object-manifest" in headers:
+            prefix = headers["x-object-manifest"].partition("/")[2]
+            referenced |= {n for n in names if n.startswith(prefix)}
+    return sorted(names - referenced)
+
+
+def recovered_files(cache_dir: Path) -> list[Path]:
+    """Files kept for our object under <cache_dir>/recovered/<store>/<path> (any suffix)."""
+    pattern = str(cache_dir / "recovered" / STORE / NAME) + "*"
+    return sorted(Path(p) for p in glob.glob(pattern) if os.path.isfile(p))
+
+
+def goblinfs_status(mountpoint: Path) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-m", "goblinfs", "status", str(mountpoint), "--json"],
+                            capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT))
+    assert result.returncode == 0, f"goblinfs status failed ({result.returncode}): {result.stderr.strip()}"
+    status = json.loads(result.stdout)
+    assert isinstance(status, dict), result.stdout
+    return status
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def contents(point: Point) -> tuple[bytes, bytes]:
+    """Old and new content: random bytes, a few MiB, several segments, different lengths."""
+    rng = random.Random(point.id)
+    old_len = rng.randint(2 * MIB + MIB // 2, 3 * MIB + MIB // 2)
+    new_len = old_len
+    while abs(new_len - old_len) < 1000:
+        new_len = rng.randint(2 * MIB + MIB // 4, 4 * MIB)
+    return rng.randbytes(old_len), rng.randbytes(new_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# The test.
+
+@pytest.mark.swift
+@pytest.mark.fuse
+@pytest.mark.parametrize("point", POINTS, ids=[p.id for p in POINTS])
+def test_kill_during_overwrite(point: Point, swift_env: dict[str, Any], tmp_path: Path,
+                               request: pytest.FixtureRequest) -> None:
+    fault = request.getfixturevalue("fault_swift") if point.proxied else None
+    container = f"gfs-crash-{uuid.uuid4().hex[:10]}"
+    config = write_swift_config(tmp_path / "cfg", fault.env if fault is not None else swift_env, container)
+    cache_dir = tmp_path / "cache"
+    mnt = tmp_path / "mnt"
+    options = f"cache_dir={cache_dir},attr_timeout=1,dir_timeout=1,op_timeout=30"
+    old, new = contents(point)
+    source = tmp_path / "new.bin"
+    source.write_bytes(new)
+    conn = swift_conn(swift_env)  # direct, never through the proxy
+    first: Mounted | None = None
+    second: Remounted | None = None
+    writer: Writer | None = None
+    problems: list[str] = []
+    outcome = "?"
+    acked = 0
+    lost = 0
+    try:
+        first = Mounted(config, mnt, options=options).__enter__()
+        (mnt / STORE / NAME).write_bytes(old)
+        assert stored(conn, container) == old, "setup: the old content is not on Swift"
+        assert not orphan_segments(conn, container), "setup: orphaned segments before the crash"
+
+        writer = Writer(source, mnt / STORE / NAME)
+        sealed, confirmed, acked = drive(point, writer, new, fault)
+        daemon = first.proc
+        assert daemon is not None and daemon.poll() is None, f"daemon died before the kill:\n{first.log()}"
+        daemon.kill()  # kill -9 by PID
+        daemon.wait(timeout=30)
+        writer.kill()
+        if fault is not None:
+            # Let the held request end (the delayed one is forwarded late, the hung one dropped)
+            # before the next daemon starts, then mount again without faults.
+            time.sleep(SLOW_PUT + 0.5 if "delay" in point.kind else 0.2)
+            fault.proxy.clear()
+
+        assert mount_ids(mnt), "the dead mount should still be there before the remount"
+        second = Remounted(config, mnt, options=options)
+        second.log_path = tmp_path / "remount.daemon.log"
+        second.__enter__()
+
+        def settled() -> bool:
+            data = stored(conn, container)
+            if confirmed or (sealed and data is not None and sha(data) == sha(new)):
+                return True
+            files = recovered_files(cache_dir)
+            return bool(files) or (not sealed and acked == 0)
+
+        wait_until(settled, SETTLE)
+        data = stored(conn, container)
+        through = (mnt / STORE / NAME).read_bytes() if (mnt / STORE / NAME).exists() else None
+        on_swift = describe(data, old, new)
+        on_mount = describe(through, old, new)
+        outcome = f"swift:{on_swift} mount:{on_mount}"
+        if on_swift not in ("old", "new"):
+            problems.append(f"object on Swift is {on_swift}, neither exactly the old nor the new content")
+        if on_mount != on_swift:
+            problems.append(f"read through the new mount: {on_mount}, on Swift: {on_swift}")
+        if not sealed and on_swift == "new":
+            problems.append("data whose writer never called close/fsync was published")
+        if confirmed and on_swift != "new":
+            problems.append(f"close/flush/fsync returned 0 but the object is {on_swift}")
+
+        # Where are the acknowledged new bytes now?
+        kept = recovered_files(cache_dir)
+        kept_prefix = max((common_prefix(f.read_bytes(), new) for f in kept), default=0)
+        lost = 0 if on_swift == "new" else max(0, acked - kept_prefix)
+        if kept:
+            outcome += f" recovered:{len(kept)}"
+        if lost:
+            problems.append(f"{lost} of {acked} acknowledged new bytes are neither on Swift nor in "
+                            f"{cache_dir / 'recovered'} (files there: {[f.name for f in kept]})")
+        if not sealed and acked:
+            exact = [f for f in kept if sha(f.read_bytes()) == sha(new[:acked])]
+            if not exact:
+                problems.append(f"partial data ({acked} bytes written, never closed) not kept exactly in "
+                                f"recovered/{STORE}/{NAME}*")
+        if sealed and on_swift != "new" and not any(sha(f.read_bytes()) == sha(new) for f in kept):
+            problems.append("sealed data (close called) neither uploaded from the journal nor kept in recovered/")
+        if kept:
+            problems += check_reported(mnt, second, cache_dir, kept)
+
+        if not wait_until(lambda: not orphan_segments(conn, container), ORPHAN_WAIT):
+            orphans = orphan_segments(conn, container)
+            problems.append(f"{len(orphans)} orphaned segments in {container}_segments {ORPHAN_WAIT} s after "
+                            f"the remount: {orphans[:3]}")
+
+        if "Traceback" in second.log():
+            problems.append(f"traceback in the log of the new daemon:\n{second.log()[-3000:]}")
+        status = second.stop(clean=False)
+        if status != 0:
+            problems.append(f"the new daemon exited with {status}")
+        RESULTS.append((point.id, outcome, acked, lost))
+        if problems:
+            pytest.fail(f"{point.id} ({outcome}, acked {acked}):\n- " + "\n- ".join(problems), pytrace=False)
+    finally:
+        if writer is not None:
+            writer.kill()
+        if second is not None:
+            second.stop(clean=False)
+        if first is not None:
+            first.stop(clean=False)
+        for _ in range(5):
+            if not is_mounted(mnt):
+                break
+            force_unmount(mnt)
+        if fault is not None:
+            fault.proxy.clear()
+        drop_container(swift_env, container)
+        drop_container(swift_env, container + "-queue")
+        assert not is_mounted(mnt), f"{mnt} still mounted"
+
+
+def drive(point: Point, writer: Writer, new: bytes, fault: Any) -> tuple[bool, bool, int]:
+    """Bring the overwrite to the crash point; returns (sealed, confirmed, bytes acknowledged)."""
+    total = len(new)
+
+    def ok(answer: str, what: str) -> int:
+        assert answer.startswith("ok "), f"{point.id}: {what} before the crash failed: {answer}"
+        return int(answer.split()[1])
+
+    ok(writer.ask("open"), "open O_TRUNC")
+    if point.kind == "write":
+        at = point.at(total)
+        acked = ok(writer.ask(f"write {at}"), f"write up to {at}")
+        assert acked == at
+        time.sleep(point.pause)
+        return False, False, acked
+    if point.kind == "close-delay-segment":
+        assert fault is not None
+        rule = fault.proxy.add_rule(method="PUT", path=r"_segments/", action="delay", delay=SLOW_PUT, times=None)
+    acked = ok(writer.ask(f"write {total}"), "write everything")
+    if point.kind == "flush":
+        ok(writer.ask("dup"), "dup")
+        answer = writer.ask("closedup")
+        time.sleep(point.pause)
+        return True, answer.startswith("ok "), acked
+    if point.kind == "fsync":
+        answer = writer.ask("fsync")
+        time.sleep(point.pause)
+        return True, answer.startswith("ok "), acked
+    if point.kind == "close":
+        answer = writer.ask("close")
+        time.sleep(point.pause)
+        return True, answer.startswith("ok "), acked
+    assert fault is not None
+    if point.kind in ("close-delay-manifest", "close-hang-manifest"):
+        action = "delay" if point.kind == "close-delay-manifest" else "hang"
+        rule = fault.proxy.add_rule(method="PUT", path=r"^/v1/[^/]+/[^/]+(?<!_segments)/[^?]*\?.*manifest",
+                                    action=action, delay=SLOW_PUT, times=None)
+    writer.send("close")
+    # Kill while the close's upload is held by the proxy: it was hit, and close has not returned.
+    deadline = time.monotonic() + 30
+    while rule.hits == 0:
+        answer = writer.reply(0.05)
+        assert answer is None, f"{point.id}: close returned ({answer}) before its upload reached the slow PUT"
+        assert time.monotonic() < deadline, f"{point.id}: no PUT reached the proxy rule within 30 s"
+    answer = writer.reply(0.5)
+    assert answer is None, f"{point.id}: close returned ({answer}) while its upload was held"
+    return True, False, acked
+
+
+def describe(data: bytes | None, old: bytes, new: bytes) -> str:
+    if data is None:
+        return "absent"
+    digest = sha(data)
+    if digest == sha(old):
+        return "old"
+    if digest == sha(new):
+        return "new"
+    if not data:
+        return "empty"
+    if old.startswith(data) or new.startswith(data):
+        return f"truncated({len(data)})"
+    return f"mixed({len(data)})"
+
+
+def common_prefix(data: bytes, new: bytes) -> int:
+    """How many leading bytes of new the file holds exactly (0 if it holds anything else)."""
+    if len(data) <= len(new) and new[:len(data)] == data:
+        return len(data)
+    return 0
+
+
+def check_reported(mnt: Path, mounted: Remounted, cache_dir: Path, kept: list[Path]) -> list[str]:
+    """Recovered files are reported in the log and in ``goblinfs status --json``."""
+    problems = []
+    log = mounted.log()
+    if not any("recover" in line.lower() and NAME in line for line in log.splitlines()):
+        problems.append("recovered data not reported in the log of the new daemon")
+    try:
+        status = goblinfs_status(mnt)
+    except (AssertionError, ValueError, subprocess.TimeoutExpired) as exc:
+        return problems + [f"goblinfs status {mnt} --json: {exc}"]
+    entries = status.get("recovered")
+    if not isinstance(entries, list):
+        return problems + [f"goblinfs status --json has no 'recovered' list: {status}"]
+    listed = {os.path.realpath(e.get("file", "")) for e in entries
+              if isinstance(e, dict) and e.get("store") == STORE and e.get("path") == NAME and e.get("reason")}
+    for f in kept:
+        if os.path.realpath(f) not in listed:
+            problems.append(f"{f} not listed (with store, path, reason) in goblinfs status --json: {entries}")
+    return problems
