@@ -1,22 +1,31 @@
-"""Command line: ``goblinfs mount``, ``goblinfs umount``, and the mount(8) convention.
+"""Command line: ``goblinfs mount``, ``umount``, ``status``, ``gc``, and the mount(8) convention.
 
     goblinfs mount [CONFIG] MOUNTPOINT [-o opts] [-f] [--store NAME]
     goblinfs umount [-z] MOUNTPOINT
+    goblinfs status MOUNTPOINT [--json] [--timeout SECONDS]
+    goblinfs gc CONFIG [--dry-run] [--grace SECONDS] [--store NAME]
     goblinfs CONFIG MOUNTPOINT [-o opts]        (what mount.fuse3 / fstab / systemd run)
 
 CONFIG is a mediagoblin.ini (or a directory holding mediagoblin_local.ini or
 mediagoblin.ini); without one, or with ``default``/``none``, the embedded default (local
 stores under ~/.local/share/goblinfs).  Without -f the command returns once the mount is
 ready, or exits non-zero with one line saying why it could not mount.
+
+``status`` shows what a running mount is doing (pending uploads, recovered files, cache,
+recent errors); ``gc`` deletes the orphan SLO segments failed uploads left in Swift.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import json
 import logging
 import os
 import sys
+import threading
+from typing import Any
 
 from . import __version__
 from .config import ConfigError, load_config
@@ -157,6 +166,194 @@ def cmd_umount(argv: list[str]) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ goblinfs status
+
+
+class StatusUnavailable(Exception):
+    """The status of a mountpoint cannot be read; the message is one line for the user."""
+
+
+def _unescape_mountinfo(field: str) -> str:
+    r"""A mountinfo path field: \040, \011, \012, \134 (octal escapes) back to characters."""
+    out, index = [], 0
+    while index < len(field):
+        chunk = field[index:index + 4]
+        if len(chunk) == 4 and chunk[0] == "\\" and chunk[1:].isdigit():
+            out.append(chr(int(chunk[1:], 8)))
+            index += 4
+        else:
+            out.append(field[index])
+            index += 1
+    return "".join(out)
+
+
+def _enclosing_mount(path: str) -> tuple[str, str] | None:
+    """(mountpoint, fstype) of the mount path is on: the longest mountpoint that contains it."""
+    real = os.path.realpath(path)
+    best: tuple[str, str] | None = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if "-" not in fields:
+                    continue
+                point = _unescape_mountinfo(fields[4])
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and (best is None or len(point) >= len(best[0])):
+                    best = (point, fields[fields.index("-") + 1])
+    except OSError:
+        return None
+    return best
+
+
+def _getxattr(path: str, name: str, timeout: float) -> bytes:
+    """os.getxattr in a thread, so a hung daemon cannot hang the command (TimeoutError)."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = os.getxattr(path, name)
+        except OSError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="goblinfs-status", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        # Left blocked in the kernel; it goes when the process exits.
+        raise TimeoutError
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def read_status(mountpoint: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The status document of the goblinfs mount at mountpoint; StatusUnavailable saying why not."""
+    from .status import STATUS_XATTR
+
+    try:
+        raw = _getxattr(mountpoint, STATUS_XATTR, timeout)
+    except TimeoutError:
+        raise StatusUnavailable(f"the goblinfs daemon at {mountpoint} did not answer in {timeout:g} s "
+                                f"(hung or overloaded?); see its log") from None
+    except OSError as exc:
+        code = exc.errno
+        if code == errno.ENOENT:
+            raise StatusUnavailable(f"{mountpoint} does not exist") from None
+        if code in (errno.ENOTCONN, errno.ECONNABORTED):
+            raise StatusUnavailable(f"the goblinfs daemon of {mountpoint} is gone (the mount is dead): "
+                                    f"mount it again with goblinfs mount, which clears the dead mount") from None
+        if code in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            enclosing = _enclosing_mount(mountpoint)
+            if enclosing and enclosing[1] == "fuse.goblinfs":
+                point = enclosing[0]
+                if point == os.path.realpath(mountpoint):
+                    raise StatusUnavailable(f"the goblinfs daemon at {mountpoint} does not report its status "
+                                            f"(an older version: remount to update it)") from None
+                raise StatusUnavailable(f"{mountpoint} is inside the goblinfs mount at {point}, not its root: "
+                                        f"run goblinfs status {point}") from None
+            raise StatusUnavailable(f"{mountpoint} is not a goblinfs mount") from None
+        if code in (errno.E2BIG, errno.ERANGE):
+            raise StatusUnavailable(f"the status of {mountpoint} is too large to read as an extended attribute") \
+                from None
+        raise StatusUnavailable(f"{mountpoint}: {exc.strerror or exc}") from None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise StatusUnavailable(f"the goblinfs daemon at {mountpoint} answered a status that is not JSON") from None
+    if not isinstance(doc, dict):
+        raise StatusUnavailable(f"the goblinfs daemon at {mountpoint} answered a status that is not a JSON object")
+    return doc
+
+
+def cmd_status(argv: list[str]) -> int:
+    from .status import format_status
+
+    parser = argparse.ArgumentParser(prog="goblinfs status",
+                                     description="Show what a running goblinfs mount is doing.")
+    parser.add_argument("mountpoint")
+    parser.add_argument("--json", action="store_true", help="print the status document as JSON")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="give up if the daemon does not answer in this time (default 10)")
+    args = parser.parse_args(argv)
+    mountpoint = os.path.abspath(args.mountpoint)
+    try:
+        doc = read_status(mountpoint, args.timeout)
+    except StatusUnavailable as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        print(format_status(doc))
+    return 0
+
+
+# ------------------------------------------------------------------ goblinfs gc
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def cmd_gc(argv: list[str]) -> int:
+    from .storage import Error as StorageError
+
+    parser = argparse.ArgumentParser(
+        prog="goblinfs gc",
+        description="Delete the orphan SLO segments (left by failed or interrupted uploads) of Swift stores.")
+    parser.add_argument("config", metavar="CONFIG",
+                        help="mediagoblin.ini, a directory holding it, or 'default' (the embedded default)")
+    parser.add_argument("--dry-run", "-n", action="store_true", help="list what would be deleted, delete nothing")
+    parser.add_argument("--grace", type=float, default=86400.0, metavar="SECONDS",
+                        help="keep segments younger than this: uploads in progress (default 86400)")
+    parser.add_argument("--store", help="only this store (queue or public)")
+    args = parser.parse_args(argv)
+    if not args.grace >= 0:
+        return _fail(f"--grace {args.grace:g}: must be 0 or more seconds")
+    try:
+        config = load_config(None if args.config in NO_CONFIG else args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    names = list(config.stores)
+    if args.store is not None:
+        if args.store not in config.stores:
+            return _fail(f"--store {args.store}: no such store (have: {', '.join(names)})")
+        names = [args.store]
+    for name in names:
+        try:
+            storage = config.stores[name].build()
+        except ConfigError as exc:
+            return _fail(_one_line(exc))
+        try:
+            collect = getattr(storage, "collect_garbage", None)
+            if collect is None:
+                why = "local store" if storage.local_storage else "this store keeps no segments"
+                print(f"{name}: nothing to collect ({why})")
+                continue
+            deleted = list(collect(grace_seconds=args.grace, dry_run=args.dry_run))
+        except (StorageError, OSError) as exc:
+            sys.stdout.flush()
+            return _fail(_one_line(f"store {name}: {exc}"))
+        except Exception as exc:
+            sys.stdout.flush()
+            return _fail(_one_line(f"store {name}: garbage collection failed: {type(exc).__name__}: {exc}"))
+        finally:
+            close = getattr(storage, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+        verb = "would delete" if args.dry_run else "deleted"
+        for segment in deleted:
+            print(f"{name}: {verb} {segment}")
+        noun = "orphan segment" if len(deleted) == 1 else "orphan segments"
+        if args.dry_run:
+            print(f"{name}: {len(deleted)} {noun} would be deleted (dry run: nothing deleted)")
+        else:
+            print(f"{name}: {len(deleted)} {noun} deleted")
+        sys.stdout.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -169,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_mount(argv[1:])
     if argv[0] in ("umount", "unmount"):
         return cmd_umount(argv[1:])
+    # Neither takes -o: with it, "status"/"gc" is a config's name in the mount(8) convention.
+    if argv[0] == "status" and "-o" not in argv:
+        return cmd_status(argv[1:])
+    if argv[0] == "gc" and "-o" not in argv:
+        return cmd_gc(argv[1:])
     # mount(8) convention: goblinfs SOURCE MOUNTPOINT -o opts
     return cmd_mount(argv, prog="goblinfs")
 
