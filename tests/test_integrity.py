@@ -1,0 +1,776 @@
+"""Data integrity under faults, on real mounts of the real Swift (issue 8).
+
+Each test injects one fault (through ``FaultProxy`` where Swift must misbehave, or by killing a
+process, or with a tiny workbench on tmpfs) and checks one promise with a direct swiftclient
+look at the store, never through the mount alone:
+
+1. an overwrite is old-or-new; a killed writer or a failing Swift leaves the old content;
+   a deliberate truncation is published;
+2. one 503 on a PUT at close is retried: ``cp`` succeeds with the right content;
+3. reads are right or fail, even when the workbench is smaller than the object;
+4. ENOSPC in the workbench while overwriting: the writer gets an error, the old content stays;
+5. Dynamic Large Objects read with their size and content; ``rm`` removes their segments;
+6. segments of an interrupted upload do not stay orphaned (503s, ``kill -9`` + remount);
+7. staged data whose upload failed is uploaded at the next mount, or kept in
+   ``<workbench>/recovered/<store>/<path>`` if the object changed meanwhile;
+8. ``rmdir`` of a ``name/`` object holding data is ENOTDIR and keeps it;
+9. a hung Swift gives EIO within 30 s, and the mount recovers when it answers again;
+10. a reader that outlives the writer does not pin stale data (nor a staging file);
+11. flush/fsync/release racing with reads/writes never serve, cache or publish wrong bytes.
+
+Everything started here (daemons, writers, tmpfs) is stopped by PID / mountpoint at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import drop_container
+from .mountutil import Mounted, force_unmount, is_mounted, write_swift_config
+
+MiB = 1048576
+OPTS = "attr_timeout=1,dir_timeout=1"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+class Bench:
+    """One test's world: a container pair, configs (direct and, on demand, through a FaultProxy),
+    a workbench, and everything started, for teardown by PID and mountpoint."""
+
+    def __init__(self, swift_env: dict[str, Any], tmp: Path) -> None:
+        import swiftclient
+
+        self.swift_env = swift_env
+        self.tmp = tmp
+        self.container = f"gfi-{uuid.uuid4().hex[:12]}"
+        self.segments = self.container + "_segments"
+        self.wb = tmp / "wb"
+        self.wb.mkdir()
+        self.mnt = tmp / "mnt"
+        self.conn = swiftclient.Connection(authurl=swift_env["auth_url"], user=swift_env["user"],
+                                           key=swift_env["key"], retries=2, timeout=30)
+        self.mounts: list[Mounted] = []
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.tmpfs: list[Path] = []
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def config(self, env: dict[str, Any] | None = None, extra: str = "") -> Path:
+        """A config of both stores; through the proxy when env is a fault_swift env."""
+        env = env or self.swift_env
+        name = "cfg-proxy" if env is not self.swift_env else "cfg"
+        return write_swift_config(self.tmp / name, env, self.container, extra=extra)
+
+    def mount(self, config: Path | None = None, options: str = "") -> Mounted:
+        opts = f"cache_dir={self.wb},{OPTS}" + (f",{options}" if options else "")
+        m = Mounted(config or self.config(), self.mnt, options=opts)
+        self.mounts.append(m)
+        m.__enter__()
+        return m
+
+    def unmount(self, m: Mounted) -> None:
+        status = m.stop()
+        assert status == 0, f"daemon exit status {status}:\n{m.log()}"
+
+    def kill9(self, m: Mounted) -> None:
+        """kill -9 of the daemon (by its PID), then the dead mount is cleared."""
+        assert m.proc is not None
+        m.proc.send_signal(signal.SIGKILL)
+        m.proc.wait(10)
+        m.proc = None
+        force_unmount(m.mountpoint)
+
+    def tiny_workbench(self, size: str = "8m") -> None:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(self.wb)], check=True)
+        self.tmpfs.append(self.wb)
+
+    def popen(self, args: list[str], **kw: Any) -> subprocess.Popen[Any]:
+        p = subprocess.Popen(args, **kw)
+        self.procs.append(p)
+        return p
+
+    def py(self, code: str, *args: str, stdin: Any = subprocess.DEVNULL) -> subprocess.Popen[str]:
+        """A Python helper process (a writer or reader we can kill), stdout piped."""
+        return self.popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stdin=stdin,
+                          stderr=subprocess.PIPE, text=True)
+
+    @property
+    def public(self) -> Path:
+        return self.mnt / "public"
+
+    # -- looking at the store directly -----------------------------------------------------
+
+    def get(self, name: str) -> bytes:
+        headers, body = self.conn.get_object(self.container, name)
+        assert len(body) == int(headers["content-length"]), "short GET"
+        return body
+
+    def sha_of(self, name: str) -> str | None:
+        import swiftclient
+
+        try:
+            return sha(self.get(name))
+        except swiftclient.ClientException as exc:
+            if exc.http_status == 404:
+                return None
+            raise
+
+    def put_slo(self, name: str, data: bytes, segment: int = 4 * MiB) -> None:
+        """An SLO written directly with swiftclient (segments in <container>_segments)."""
+        self.conn.put_container(self.container)
+        self.conn.put_container(self.segments)
+        manifest = []
+        for i in range(0, len(data), segment):
+            part = data[i:i + segment]
+            seg = f"direct/{name}/{i // segment:08d}"
+            etag = self.conn.put_object(self.segments, seg, part)
+            manifest.append({"path": f"/{self.segments}/{seg}", "etag": etag, "size_bytes": len(part)})
+        self.conn.put_object(self.container, name, json.dumps(manifest), query_string="multipart-manifest=put",
+                             content_type="application/octet-stream")
+
+    def orphan_segments(self) -> list[str]:
+        """Segments no SLO manifest of the container refers to."""
+        import swiftclient
+
+        try:
+            _, segs = self.conn.get_container(self.segments, full_listing=True)
+        except swiftclient.ClientException as exc:
+            if exc.http_status == 404:
+                return []
+            raise
+        referenced: set[str] = set()
+        _, objects = self.conn.get_container(self.container, full_listing=True)
+        for obj in objects:
+            headers = self.conn.head_object(self.container, obj["name"])
+            if headers.get("x-static-large-object", "").lower() == "true":
+                _, body = self.conn.get_object(self.container, obj["name"], query_string="multipart-manifest=get")
+                for item in json.loads(body):
+                    referenced.add(str(item["name"]).lstrip("/").partition("/")[2])
+        return [s["name"] for s in segs if s["name"] not in referenced]
+
+    # -- teardown ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for m in self.mounts:
+            m.stop(clean=False)
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(30)
+            for stream in (p.stdout, p.stderr, p.stdin):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        force_unmount(self.mnt)
+        for path in self.tmpfs:
+            if is_mounted(path) and subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        drop_container(self.swift_env, self.container)
+        drop_container(self.swift_env, self.container + "-queue")
+
+
+@pytest.fixture
+def bench(swift_env: dict[str, Any], tmp_path: Path) -> Iterator[Bench]:
+    b = Bench(swift_env, tmp_path)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def readline(p: subprocess.Popen[str], timeout: float = 30) -> str:
+    """One line of a helper's stdout, within timeout."""
+    assert p.stdout is not None
+    ready, _, _ = select.select([p.stdout], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"no output from helper {p.args!r} in {timeout} s")
+    line = p.stdout.readline()
+    if not line:
+        err = p.stderr.read() if p.stderr is not None and p.poll() is not None else ""
+        raise AssertionError(f"helper ended without output: {err}")
+    return line.strip()
+
+
+def finish(p: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
+    """Wait for a helper and parse its last output line as JSON."""
+    out, err = p.communicate(timeout=timeout)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines, f"helper printed nothing (exit {p.returncode}): {err}"
+    return json.loads(lines[-1])
+
+
+class Poller(threading.Thread):
+    """GETs an object directly, again and again; records the sha256 of every complete answer."""
+
+    def __init__(self, bench: Bench, name: str) -> None:
+        super().__init__(daemon=True)
+        self.bench = bench
+        self.name_ = name
+        self.seen: list[tuple[int, str]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        import swiftclient
+
+        conn = swiftclient.Connection(authurl=self.bench.swift_env["auth_url"], user=self.bench.swift_env["user"],
+                                      key=self.bench.swift_env["key"], retries=0, timeout=30)
+        while not self.stopping.is_set():
+            try:
+                headers, body = conn.get_object(self.bench.container, self.name_)
+            except Exception:  # a GET racing with segment deletion may fail: not an observation
+                continue
+            if len(body) == int(headers["content-length"]):
+                self.seen.append((len(body), sha(body)))
+            self.stopping.wait(0.05)
+
+    def stop(self) -> list[tuple[int, str]]:
+        self.stopping.set()
+        self.join(30)
+        return self.seen
+
+
+# Helper processes ---------------------------------------------------------------------------
+
+#: argv: path, data file, bytes to write before "ready", flags (trunc|rw); then waits for a line
+#: on stdin ("go": write the rest), or is killed.  Prints JSON {"write": errno, "close": errno}.
+WRITER = r"""
+import json, os, sys
+path, data_file, first, flags = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+data = open(data_file, "rb").read()
+mode = os.O_WRONLY | (os.O_TRUNC if flags == "trunc" else 0)
+fd = os.open(path, mode)
+result = {"write": None, "close": None, "written": 0}
+def write(start, end):
+    off = start
+    while off < end:
+        try:
+            n = os.pwrite(fd, data[off:min(end, off + 262144)], off)
+        except OSError as exc:
+            result["write"] = exc.errno
+            return False
+        off += n
+        result["written"] = off
+    return True
+ok = write(0, first)
+print("ready", flush=True)
+if ok and first < len(data):
+    sys.stdin.readline()
+    write(first, len(data))
+try:
+    os.close(fd)
+except OSError as exc:
+    result["close"] = exc.errno
+print(json.dumps(result), flush=True)
+"""
+
+
+def make_data(tmp: Path, name: str, size: int) -> tuple[Path, bytes]:
+    data = os.urandom(size)
+    path = tmp / name
+    path.write_bytes(data)
+    return path, data
+
+
+def cp_in(bench: Bench, src: Path, name: str) -> None:
+    result = subprocess.run(["cp", str(src), str(bench.public / name)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+# 1. Overwrites are old-or-new --------------------------------------------------------------------
+
+
+def test_overwrite_by_shell_redirect_keeps_old_until_done(bench: Bench) -> None:
+    old_path, old = make_data(bench.tmp, "old", 3 * MiB)
+    new_path, new = make_data(bench.tmp, "new", 3 * MiB + 12345)
+    bench.mount()
+    cp_in(bench, old_path, "x.bin")
+    assert bench.conn.head_object(bench.container, "x.bin").get("x-static-large-object") == "True"
+    poller = Poller(bench, "x.bin")
+    poller.start()
+    writer = bench.popen(["sh", "-c", f'( sleep 2; cat "{new_path}" ) > "{bench.public / "x.bin"}"'])
+    time.sleep(1.0)
+    assert writer.poll() is None
+    during = bench.get("x.bin")
+    assert (len(during), sha(during)) == (len(old), sha(old)), \
+        f"while the writer runs, Swift has {len(during)} bytes, not the old {len(old)}"
+    assert writer.wait(60) == 0
+    assert wait_until(lambda: bench.sha_of("x.bin") == sha(new), 2), "new content not published at close"
+    seen = poller.stop()
+    assert {s for _, s in seen} <= {sha(old), sha(new)}, f"torn or empty object seen: {sorted(set(seen))}"
+    assert sha((bench.public / "x.bin").read_bytes()) == sha(new)
+
+
+def test_overwrite_by_dd_keeps_old_until_done(bench: Bench) -> None:
+    old_path, old = make_data(bench.tmp, "old", 3 * MiB)
+    _, new = make_data(bench.tmp, "new", 3 * MiB - 777)
+    bench.mount()
+    cp_in(bench, old_path, "x.bin")
+    fifo = bench.tmp / "fifo"
+    os.mkfifo(fifo)
+    poller = Poller(bench, "x.bin")
+    poller.start()
+    dd = bench.popen(["dd", f"if={fifo}", f"of={bench.public / 'x.bin'}", "bs=1M", "iflag=fullblock",
+                      "conv=fsync"], stderr=subprocess.PIPE)
+    with open(fifo, "wb") as feed:  # dd has its input open: it opens (O_TRUNC) its output next
+        time.sleep(1.5)
+        assert dd.poll() is None
+        during = bench.get("x.bin")
+        assert (len(during), sha(during)) == (len(old), sha(old)), \
+            f"while dd runs, Swift has {len(during)} bytes, not the old {len(old)}"
+        feed.write(new)
+    assert dd.wait(60) == 0
+    assert bench.sha_of("x.bin") == sha(new)  # conv=fsync: on Swift when dd returns
+    seen = poller.stop()
+    assert {s for _, s in seen} <= {sha(old), sha(new)}, f"torn or empty object seen: {sorted(set(seen))}"
+
+
+@pytest.mark.parametrize("written", [100_000, 1536 * 1024], ids=["staged", "streaming"])
+def test_overwrite_writer_killed_keeps_old(bench: Bench, written: int) -> None:
+    old_path, old = make_data(bench.tmp, "old", 3 * MiB)
+    new_path, _ = make_data(bench.tmp, "new", 3 * MiB)
+    bench.mount()
+    cp_in(bench, old_path, "x.bin")
+    writer = bench.py(WRITER, str(bench.public / "x.bin"), str(new_path), str(written), "trunc",
+                      stdin=subprocess.PIPE)
+    assert readline(writer) == "ready"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(30)
+    time.sleep(1.5)  # the kernel's flush and release of the dead writer's descriptor
+    assert bench.sha_of("x.bin") == sha(old), "a killed writer's partial file replaced the object"
+    assert sha((bench.public / "x.bin").read_bytes()) == sha(old)
+
+
+@pytest.mark.parametrize("how", ["python", "shell"])
+def test_overwrite_swift_failing_keeps_old(bench: Bench, fault_swift: Any, how: str) -> None:
+    old_path, old = make_data(bench.tmp, "old", 3 * MiB)
+    new_path, _ = make_data(bench.tmp, "new", 2 * MiB + 5)
+    bench.mount(bench.config(fault_swift.env, extra="retries = 1\n"))
+    cp_in(bench, old_path, "x.bin")
+    rule = fault_swift.proxy.add_rule("PUT", None, status=503, times=None)
+    try:
+        if how == "python":
+            writer = bench.py(WRITER, str(bench.public / "x.bin"), str(new_path), str(2 * MiB + 5), "trunc")
+            assert readline(writer, 60) == "ready"
+            result = finish(writer)
+            assert result["write"] is not None or result["close"] is not None, \
+                f"the writer was told nothing of the failed upload: {result}"
+            assert result["close"] is not None or result["write"] is not None
+        else:
+            subprocess.run(["sh", "-c", f'cat "{new_path}" > "{bench.public / "x.bin"}"'], capture_output=True,
+                           timeout=120)
+        time.sleep(1.0)
+        assert rule.hits >= 1
+        assert bench.sha_of("x.bin") == sha(old), "the object changed although every PUT failed"
+    finally:
+        fault_swift.proxy.clear()
+
+
+def test_deliberate_truncation_is_published(bench: Bench) -> None:
+    old_path, _ = make_data(bench.tmp, "old", 3 * MiB)
+    bench.mount()
+    cp_in(bench, old_path, "a.bin")
+    cp_in(bench, old_path, "b.bin")
+    subprocess.run(["sh", "-c", f': > "{bench.public / "a.bin"}"'], check=True, timeout=60)
+    assert wait_until(lambda: bench.sha_of("a.bin") == sha(b""), 1.2), "': > f' not published"
+    subprocess.run(["truncate", "-s", "0", str(bench.public / "b.bin")], check=True, timeout=60)
+    assert bench.sha_of("b.bin") == sha(b""), "truncate -s 0 not published when it returned"
+    assert (bench.public / "a.bin").stat().st_size == 0
+
+
+# 2. One 503 at close is retried --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["new-small", "overwrite-small", "segment", "manifest"])
+def test_one_503_on_put_cp_succeeds(bench: Bench, fault_swift: Any, case: str) -> None:
+    size = 200_000 if case.endswith("small") else 3 * MiB + 3
+    src, data = make_data(bench.tmp, "src", size)
+    bench.mount(bench.config(fault_swift.env))
+    c = bench.container
+    if case == "overwrite-small":
+        bench.conn.put_container(c)
+        bench.conn.put_object(c, "f.bin", b"previous content")
+        time.sleep(1.1)
+    pattern = {"new-small": rf"/{c}/f\.bin$", "overwrite-small": rf"/{c}/f\.bin$",
+               "segment": rf"/{c}_segments/", "manifest": rf"/{c}/f\.bin\?multipart-manifest=put"}[case]
+    rule = fault_swift.proxy.add_rule("PUT", pattern, status=503, times=1)
+    result = subprocess.run(["cp", str(src), str(bench.public / "f.bin")], capture_output=True, text=True,
+                            timeout=120)
+    assert rule.hits == 1, f"the fault was not injected: {fault_swift.proxy.requests}"
+    assert result.returncode == 0, f"cp failed after one 503: {result.stderr}"
+    assert bench.sha_of("f.bin") == sha(data)
+    assert bench.orphan_segments() == []
+
+
+# 3. Reads right or fail, with a workbench smaller than the object ----------------------------------
+
+
+@pytest.mark.parametrize("maker", ["swiftclient-slo", "goblinfs-slo"])
+def test_read_bigger_than_workbench(bench: Bench, maker: str) -> None:
+    data = os.urandom(20 * MiB)
+    if maker == "swiftclient-slo":
+        bench.put_slo("big.bin", data)
+    else:
+        m = bench.mount()  # written by goblinfs itself (a streamed SLO), workbench on disk
+        (bench.public / "big.bin").write_bytes(data)
+        bench.unmount(m)
+    assert bench.sha_of("big.bin") == sha(data)
+    bench.tiny_workbench("8m")
+    bench.mount()
+    assert (bench.public / "big.bin").stat().st_size == len(data)
+    for attempt in range(2):
+        result = subprocess.run(["sha256sum", str(bench.public / "big.bin")], capture_output=True, text=True,
+                                timeout=120)
+        if result.returncode == 0:
+            assert result.stdout.split()[0] == sha(data), f"read {attempt}: exit 0 with a wrong hash"
+        else:
+            assert result.stderr, "failed without saying why"
+
+
+# 4. ENOSPC in the workbench while overwriting --------------------------------------------------------
+
+
+def test_enospc_in_workbench_keeps_old(bench: Bench) -> None:
+    old = os.urandom(100_000)
+    bench.conn.put_container(bench.container)
+    bench.conn.put_object(bench.container, "x.bin", old)
+    new_path, _ = make_data(bench.tmp, "new", 12 * MiB)
+    bench.tiny_workbench("8m")
+    m = bench.mount()
+    writer = bench.py(WRITER, str(bench.public / "x.bin"), str(new_path), str(12 * MiB), "rw")
+    assert readline(writer, 60) == "ready"
+    result = finish(writer)
+    errors = {result["write"], result["close"]} - {None}
+    assert errors, f"the writer filled the workbench without an error: {result}"
+    assert errors <= {errno.ENOSPC, errno.EIO, errno.EFBIG}, result
+    time.sleep(1.0)
+    assert bench.sha_of("x.bin") == sha(old), "a partly staged file replaced the object"
+    bench.unmount(m)
+    assert bench.sha_of("x.bin") == sha(old), "the unmount published a partly staged file"
+
+
+# 5. Dynamic Large Objects ------------------------------------------------------------------------
+
+
+def test_dlo_reads_and_rm_removes_segments(bench: Bench) -> None:
+    c = bench.container
+    bench.conn.put_container(c)
+    bench.conn.put_container(bench.segments)
+    parts = [os.urandom(700_000), os.urandom(1_300_000), os.urandom(5)]
+    for i, part in enumerate(parts):
+        bench.conn.put_object(bench.segments, f"dlo/movie/{i:04d}", part)
+    bench.conn.put_object(c, "movie.bin", b"", headers={"X-Object-Manifest": f"{bench.segments}/dlo/movie/"})
+    whole = b"".join(parts)
+    assert bench.get("movie.bin") == whole
+    bench.mount()
+    assert (bench.public / "movie.bin").stat().st_size == len(whole)
+    assert [e.stat().st_size for e in os.scandir(bench.public) if e.name == "movie.bin"] == [len(whole)]
+    assert sha((bench.public / "movie.bin").read_bytes()) == sha(whole)
+    subprocess.run(["rm", str(bench.public / "movie.bin")], check=True, timeout=60)
+    assert bench.sha_of("movie.bin") is None
+
+    def segments_left() -> list[str]:
+        return [o["name"] for o in bench.conn.get_container(bench.segments, prefix="dlo/movie/")[1]]
+
+    assert wait_until(lambda: segments_left() == [], 5), f"rm left the DLO's segments: {segments_left()}"
+
+
+# 6. No orphaned segments -------------------------------------------------------------------------
+
+
+def test_segment_503s_leave_no_orphans(bench: Bench, fault_swift: Any) -> None:
+    src, _ = make_data(bench.tmp, "src", 6 * MiB)
+    bench.mount(bench.config(fault_swift.env, extra="retries = 1\n"))
+    writer = bench.py(WRITER, str(bench.public / "big.bin"), str(src), str(3 * MiB), "trunc", stdin=subprocess.PIPE)
+    assert readline(writer, 60) == "ready"
+    seg_puts = lambda: [r for r in fault_swift.proxy.requests  # noqa: E731
+                        if r[0] == "PUT" and "_segments/" in r[1] and r[2] == 201]
+    assert wait_until(lambda: len(seg_puts()) >= 1, 20), "no segment was streamed"
+    rule = fault_swift.proxy.add_rule("PUT", r"_segments/", status=503, times=None)
+    assert writer.stdin is not None
+    writer.stdin.write("go\n")
+    writer.stdin.flush()
+    result = finish(writer)
+    assert rule.hits >= 1
+    assert result["write"] is not None or result["close"] is not None, result
+    assert bench.sha_of("big.bin") is None
+    assert wait_until(lambda: bench.orphan_segments() == [], 5), f"orphaned segments: {bench.orphan_segments()}"
+
+
+def test_kill9_mid_stream_segments_cleaned_at_remount(bench: Bench) -> None:
+    src, _ = make_data(bench.tmp, "src", 6 * MiB)
+    m = bench.mount()
+    writer = bench.py(WRITER, str(bench.public / "big.bin"), str(src), str(3 * MiB + 1000), "trunc",
+                      stdin=subprocess.PIPE)
+    assert readline(writer, 60) == "ready"
+    assert wait_until(lambda: len(bench.orphan_segments()) >= 2, 20), "the stream sent no segments"
+    bench.kill9(m)
+    writer.kill()
+    writer.wait(30)
+    assert bench.orphan_segments(), "nothing to clean up: the test proves nothing"
+    bench.mount()
+    assert wait_until(lambda: bench.orphan_segments() == [], 5), \
+        f"segments of the interrupted upload left after the remount: {bench.orphan_segments()}"
+    assert bench.sha_of("big.bin") is None
+
+
+# 7. Staged data whose upload failed is not lost ------------------------------------------------------
+
+STAGED_WRITER = r"""
+import json, sys
+path, data_file = sys.argv[1], sys.argv[2]
+result = {"close": None}
+f = open(path, "wb")
+f.write(open(data_file, "rb").read())
+try:
+    f.close()
+except OSError as exc:
+    result["close"] = exc.errno
+print(json.dumps(result), flush=True)
+"""
+
+
+def test_failed_upload_journaled_and_uploaded_at_next_mount(bench: Bench, fault_swift: Any) -> None:
+    src, data = make_data(bench.tmp, "src", 300_000)
+    config = bench.config(fault_swift.env, extra="retries = 1\n")
+    m = bench.mount(config)
+    os.listdir(bench.public)
+    fault_swift.proxy.add_rule("PUT", rf"/{bench.container}/f\.bin", status=503, times=None)
+    result = finish(bench.py(STAGED_WRITER, str(bench.public / "f.bin"), str(src)))
+    assert result["close"] == errno.EIO, f"close() did not report the failed upload: {result}"
+    assert bench.sha_of("f.bin") is None
+    bench.kill9(m)
+    fault_swift.proxy.clear()
+    bench.mount(config)
+    assert wait_until(lambda: bench.sha_of("f.bin") == sha(data), 5), \
+        "the staged data of the failed upload was not uploaded at the next mount"
+
+
+def test_failed_upload_object_changed_meanwhile_is_recovered(bench: Bench, fault_swift: Any) -> None:
+    src, data = make_data(bench.tmp, "src", 300_000)
+    bench.conn.put_container(bench.container)
+    bench.conn.put_object(bench.container, "f.bin", b"version zero")
+    config = bench.config(fault_swift.env, extra="retries = 1\n")
+    m = bench.mount(config)
+    fault_swift.proxy.add_rule("PUT", rf"/{bench.container}/f\.bin", status=503, times=None)
+    result = finish(bench.py(STAGED_WRITER, str(bench.public / "f.bin"), str(src)))
+    assert result["close"] == errno.EIO, f"close() did not report the failed upload: {result}"
+    m.stop(clean=False)  # unmount: its last upload attempt fails too
+    other = b"written by someone else meanwhile"
+    bench.conn.put_object(bench.container, "f.bin", other)
+    fault_swift.proxy.clear()
+    bench.mount(config)
+    recovered = bench.wb / "recovered" / "public" / "f.bin"
+    assert wait_until(recovered.exists, 5), \
+        f"not kept in {recovered}; the workbench has: {sorted(str(p) for p in bench.wb.rglob('*'))}"
+    assert sha(recovered.read_bytes()) == sha(data)
+    assert bench.sha_of("f.bin") == sha(other), "the newer object was overwritten by the old staged data"
+
+
+# 8. rmdir of a name/ object with data -------------------------------------------------------------
+
+
+def test_rmdir_of_data_object_is_enotdir(bench: Bench) -> None:
+    bench.conn.put_container(bench.container)
+    bench.conn.put_object(bench.container, "name/", b"some bytes, not a directory marker",
+                          content_type="text/plain")
+    bench.conn.put_object(bench.container, "other", b"x")
+    bench.mount()
+    os.listdir(bench.public)
+    with pytest.raises(OSError) as err:
+        os.rmdir(bench.public / "name")
+    assert err.value.errno == errno.ENOTDIR, err.value
+    assert bench.get("name/") == b"some bytes, not a directory marker"
+
+
+# 9. A hung Swift ---------------------------------------------------------------------------------
+
+
+def test_hung_swift_gives_eio_in_30s_and_recovers(bench: Bench, fault_swift: Any) -> None:
+    bench.mount(bench.config(fault_swift.env))
+    assert os.listdir(bench.public) == []
+    bench.conn.put_object(bench.container, "later.txt", b"hello")
+    time.sleep(1.2)  # the listing of public/ expires
+    fault_swift.proxy.add_rule(None, None, action="hang", times=None)
+    try:
+        start = time.monotonic()
+        try:
+            result = subprocess.run(["stat", str(bench.public / "unseen.txt")], capture_output=True, text=True,
+                                    timeout=40)
+            elapsed = time.monotonic() - start
+            assert elapsed < 30, f"stat took {elapsed:.1f} s"
+            assert result.returncode != 0
+            assert "Input/output error" in result.stderr, result.stderr
+        except subprocess.TimeoutExpired:
+            pytest.fail("stat of a new name on a hung Swift did not return in 40 s")
+    finally:
+        fault_swift.proxy.clear()
+    start = time.monotonic()
+    result = subprocess.run(["ls", str(bench.public)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "later.txt" in result.stdout.split(), result
+    result = subprocess.run(["stat", "-c", "%s", str(bench.public / "later.txt")], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0 and result.stdout.strip() == "5", result
+    assert time.monotonic() - start < 5
+
+
+# 10. A reader that outlives the writer --------------------------------------------------------------
+
+
+def test_reader_outliving_writer_does_not_pin_stale_data(bench: Bench) -> None:
+    bench.mount()
+    path = bench.public / "f.txt"
+    v1, v2 = b"version one\n" * 100, b"version two, from elsewhere\n" * 50
+    writer = open(path, "wb")  # noqa: SIM115
+    try:
+        writer.write(v1)
+        writer.flush()
+        reader = open(path, "rb")  # noqa: SIM115
+        try:
+            writer.close()
+            assert bench.get("f.txt") == v1
+            assert reader.read() == v1
+            bench.conn.put_object(bench.container, "f.txt", v2)
+        finally:
+            reader.close()
+    finally:
+        writer.close()
+    time.sleep(1.5)  # attr_timeout
+    assert wait_until(lambda: path.read_bytes() == v2, 3), f"still reads {path.read_bytes()[:30]!r}"
+    assert list((bench.wb / "staging").iterdir()) == [], "a staging file outlived its handles"
+
+
+# 11. Racing flush/fsync/release with reads and writes ---------------------------------------------------
+
+BLOCK = 4096
+BLOCKS = 128
+
+
+def version_data(version: int) -> bytes:
+    return b"".join((b"v%08d b%06d " % (version, i)).ljust(BLOCK, b"%c" % (65 + version % 26))
+                    for i in range(BLOCKS))
+
+
+def check_blocks(data: bytes, versions: set[int]) -> str | None:
+    """None if every block is a whole block of a version written, at its place; else what is wrong."""
+    if len(data) != BLOCK * BLOCKS:
+        return f"size {len(data)}"
+    for i in range(BLOCKS):
+        block = data[i * BLOCK:(i + 1) * BLOCK]
+        try:
+            version = int(block[1:9])
+        except ValueError:
+            return f"block {i} is garbage: {block[:24]!r}"
+        if version not in versions:
+            return f"block {i} has version {version}, never written"
+        if block != version_data(version)[i * BLOCK:(i + 1) * BLOCK]:
+            return f"block {i} is not block {i} of version {version}"
+    return None
+
+
+def test_racing_close_fsync_reads_writes(bench: Bench) -> None:
+    bench.conn.put_container(bench.container)
+    bench.conn.put_object(bench.container, "race.bin", version_data(0))
+    m = bench.mount()
+    path = str(bench.public / "race.bin")
+    started: set[int] = {0}
+    published: list[int] = []
+    problems: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer() -> None:
+        version = 0
+        while not stop.is_set():
+            version += 1
+            data = version_data(version)
+            with lock:
+                started.add(version)
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                for off in range(0, len(data), 65536):
+                    os.pwrite(fd, data[off:off + 65536], off)
+                if version % 3 == 0:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            with lock:
+                published.append(version)
+
+    def syncer() -> None:
+        while not stop.is_set():
+            try:
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    os.fsync(fd)
+                    os.pread(fd, BLOCK, 0)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                problems.append(f"syncer: {exc}")
+            time.sleep(0.01)
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                problems.append(f"reader: {exc}")
+                continue
+            with lock:
+                versions = set(started)
+            wrong = check_blocks(data, versions)
+            if wrong:
+                problems.append(f"reader: {wrong}")
+
+    threads = [threading.Thread(target=t, daemon=True) for t in (writer, syncer, reader, reader)]
+    for t in threads:
+        t.start()
+    time.sleep(4)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck"
+    assert published, "the writer never closed successfully"
+    assert not problems, problems[:5]
+    last = published[-1]
+    assert bench.get("race.bin") == version_data(last), "the store does not hold the last close's version"
+    time.sleep(1.2)
+    with open(path, "rb") as f:
+        assert f.read() == version_data(last), "the mount serves other bytes than the last close published"
+    bench.unmount(m)
+    assert bench.get("race.bin") == version_data(last), "the unmount published something else"
+    bench.mount()
+    with open(path, "rb") as f:
+        assert f.read() == version_data(last), "after a remount, the mount serves other bytes"
