@@ -13,12 +13,18 @@ Invariants (see docs/design.md):
   reader never sees a partial copy;
 * the index lock is never held during a download; a per-key lock serialises downloads of
   the same object;
-* eviction only unlinks: a reader that opened a cached file keeps reading it.
+* eviction only unlinks: a reader that opened a cached file keeps reading it;
+* a copy is only adopted (``put``, ``localize``) when its size is the object's size, and the
+  size recorded is the one of the file on disk: a short download is never kept;
+* no room (``cache_size`` too small, or the disk full even after evicting least recently
+  used copies) is ``NoCacheSpace`` (an ``OSError``, ENOSPC): the caller reads the object
+  from the store instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -118,6 +124,20 @@ class WorkbenchManager:
             return self._cache
 
 
+class NoCacheSpace(OSError):
+    """The read cache cannot hold a copy (too small, or its disk is full): read from the store."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+
+#: Write errors that mean "no room here" (evicting may help), as opposed to a broken disk.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+#: Free space kept on the cache's disk besides a copy (index files, staging metadata).
+SPACE_MARGIN = 256 * 1024
+
+
 @dataclass
 class _Item:
     key: str
@@ -199,33 +219,50 @@ class ReadCache:
 
     # ----------------------------------------------------------------- API
 
-    def lookup(self, storage: StorageInterface, filepath: Sequence[str], etag: str) -> str | None:
-        """The cached path if the object with this ETag is cached, else None (no download)."""
-        key, _ident = self.key_for(storage, filepath)
+    def lookup(self, storage: StorageInterface, filepath: Sequence[str], etag: str,
+               size: int | None = None) -> str | None:
+        """The cached path if the object with this ETag (and size, if given) is cached, else None.
+
+        No download.  A copy whose recorded size is not ``size`` is dropped: it is not the object.
+        """
+        key, ident = self.key_for(storage, filepath)
         with self._lock:
             item = self._items.get(key)
             if item is None or item.etag != etag:
+                return None
+            if size is not None and item.size != size:
+                log.warning("read cache: dropping %s: %d bytes kept, the object has %d", ident, item.size, size)
+                self._drop(item)
                 return None
             self._touch(item)
             return self._data_path(key)
 
     def localize(self, storage: StorageInterface, filepath: Sequence[str], etag: str | None = None,
-                 fetch: Callable[[str], str | None] | None = None) -> str:
+                 fetch: Callable[[str], str | None] | None = None, size: int | None = None) -> str:
         """A local path holding the object's content for this ETag, downloading if needed.
 
-        Without etag, the store is asked (one stat).  ``fetch(dest_path)`` may replace the
-        default download (``storage.copy_locally``); it may return the ETag it really got.
-        Concurrent calls for one object download it once.
+        Without etag, the store is asked (one stat, which gives the size too).  ``fetch(dest_path)``
+        may replace the default download (``storage.copy_locally``); it may return the ETag it
+        really got.  Concurrent calls for one object download it once.
+
+        With the object's size known, a download of any other size (cut short) is OSError(EIO) and
+        nothing is kept.  No room on the cache's disk, even after evicting least recently used
+        copies: ``NoCacheSpace`` (ENOSPC), nothing kept.  An object bigger than ``max_bytes`` is
+        still served (evicted first next time): callers that can read otherwise check ``fits``.
         """
         if etag is None:
-            etag = storage.stat(filepath).etag or ""
+            entry = storage.stat(filepath)
+            etag = entry.etag or ""
+            if size is None:
+                size = entry.size
         key, ident = self.key_for(storage, filepath)
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
                 item = self._items.get(key)
-                if item is not None and item.etag == etag and os.path.exists(self._data_path(key)):
+                if (item is not None and item.etag == etag and (size is None or item.size == size)
+                        and os.path.exists(self._data_path(key))):
                     self.hits += 1
                     self._touch(item)
                     return self._data_path(key)
@@ -233,24 +270,90 @@ class ReadCache:
                     log.debug("read cache: %s changed (etag %s -> %s)", ident, item.etag, etag)
                     self._drop(item)
                 self.misses += 1
+            if size is not None and not self.make_room(size, limit=False):
+                raise NoCacheSpace(f"no room in {self.directory} for {ident} ({size} bytes)")
             part = os.path.join(self.directory, f"{key}.part-{uuid.uuid4().hex}")
             try:
-                got = fetch(part) if fetch is not None else storage.copy_locally(filepath, part)
+                got = self._fetch_with_room(storage, filepath, part, fetch, ident)
                 if isinstance(got, str) and got:
                     etag = got
-                size = os.stat(part).st_size
-                self._write_meta(key, etag, size, ident)
+                got_size = os.stat(part).st_size
+                if size is not None and got_size != size:
+                    raise OSError(errno.EIO, f"download of {ident} got {got_size} of its {size} bytes")
+                try:
+                    self._write_meta(key, etag, got_size, ident)
+                except OSError as exc:
+                    if exc.errno in NO_SPACE_ERRNOS:
+                        raise NoCacheSpace(f"no room in {self.directory} for the index of {ident}") from exc
+                    raise
                 os.rename(part, self._data_path(key))
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(part)
                 raise
             with self._lock:
-                item = _Item(key, etag, size, ident, time.time())
+                item = _Item(key, etag, got_size, ident, time.time())
                 self._items[key] = item
-                self.total += size
+                self.total += got_size
                 self._evict(keep=key)
             return self._data_path(key)
+
+    def _fetch_with_room(self, storage: StorageInterface, filepath: Sequence[str], part: str,
+                         fetch: Callable[[str], str | None] | None, ident: str) -> str | None:
+        """Download into part; a full disk evicts the least recently used copy and tries again."""
+        while True:
+            try:
+                if fetch is not None:
+                    return fetch(part)
+                storage.copy_locally(filepath, part)
+                return None
+            except OSError as exc:
+                if exc.errno not in NO_SPACE_ERRNOS:
+                    raise
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part)
+                if not self.evict_lru():
+                    raise NoCacheSpace(f"no room in {self.directory} for {ident}: {exc.strerror}") from exc
+                log.info("read cache: disk full while fetching %s; evicted a copy, trying again", ident)
+
+    def fits(self, size: int) -> bool:
+        """Whether a copy of size bytes may be kept at all (not bigger than the whole cache)."""
+        return size <= self.max_bytes
+
+    def make_room(self, size: int, limit: bool = True) -> bool:
+        """Evict least recently used copies so that size more bytes fit: under ``max_bytes``, and
+        on the cache's disk (its free space, with a margin).  False: they cannot fit even so
+        (bigger than the cache with limit, or the disk too small); nothing is evicted then
+        beyond what the bound asks.
+        """
+        with self._lock:
+            if limit and size > self.max_bytes:
+                return False
+            while self.total + size > self.max_bytes and self._items:
+                self._evict_oldest()
+            # The disk: only evict for it if evicting can make enough room.
+            free = self._disk_free()
+            if free >= size + SPACE_MARGIN:
+                return True
+            if free + self.total < size + SPACE_MARGIN:
+                return False
+            while free < size + SPACE_MARGIN and self._items:
+                self._evict_oldest()
+                free = self._disk_free()
+            return free >= size + SPACE_MARGIN
+
+    def evict_lru(self) -> bool:
+        """Evict the least recently used copy (a disk filled up meanwhile); False if none is left."""
+        with self._lock:
+            if not self._items:
+                return False
+            self._evict_oldest()
+            return True
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes held, bound ``max_bytes``), e.g. for ``goblinfs status``."""
+        with self._lock:
+            return self.total, self.max_bytes
 
     def invalidate(self, storage: StorageInterface, filepath: Sequence[str]) -> None:
         """Forget the cached copy of an object (after it was written or deleted through us)."""
@@ -260,19 +363,26 @@ class ReadCache:
             if item is not None:
                 self._drop(item)
 
-    def put(self, storage: StorageInterface, filepath: Sequence[str], etag: str, local_path: str) -> None:
-        """Adopt local_path (moved, not copied) as the cached copy of the object with this ETag."""
+    def put(self, storage: StorageInterface, filepath: Sequence[str], etag: str, local_path: str,
+            size: int | None = None) -> None:
+        """Adopt local_path (moved, not copied) as the cached copy of the object with this ETag.
+
+        With size (the object's), a file of any other size is refused (OSError EIO, local_path
+        left where it is): a short download is never kept.
+        """
         key, ident = self.key_for(storage, filepath)
-        size = os.stat(local_path).st_size
+        got_size = os.stat(local_path).st_size
+        if size is not None and got_size != size:
+            raise OSError(errno.EIO, f"not caching {ident}: {got_size} bytes, the object has {size}")
         with self._lock:
             item = self._items.get(key)
             if item is not None:
                 self._drop(item)
-            self._write_meta(key, etag, size, ident)
+            self._write_meta(key, etag, got_size, ident)
             os.rename(local_path, self._data_path(key))
-            item = _Item(key, etag, size, ident, time.time())
+            item = _Item(key, etag, got_size, ident, time.time())
             self._items[key] = item
-            self.total += size
+            self.total += got_size
             self._evict(keep=key)
 
     def __len__(self) -> int:
@@ -303,8 +413,16 @@ class ReadCache:
                     return
                 self._items.move_to_end(keep)
                 continue
-            log.debug("read cache: evicting %s (%d bytes)", oldest.ident, oldest.size)
-            self._drop(oldest)
+            self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        oldest = next(iter(self._items.values()))
+        log.debug("read cache: evicting %s (%d bytes)", oldest.ident, oldest.size)
+        self._drop(oldest)
+
+    def _disk_free(self) -> int:
+        st = os.statvfs(self.directory)
+        return st.f_bavail * st.f_frsize
 
 
 def _store_identity(storage: StorageInterface) -> str:
