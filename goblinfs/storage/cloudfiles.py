@@ -32,44 +32,35 @@ How the store is laid out in the container:
   reports (the SLO etag, MD5 of the segments' etags), which listings give as ``slo_etag``.
 * Written data is spooled to a temporary file in ``staging_dir`` and uploaded on
   ``close()``; reads stream (ranged GETs on seek).  Nothing is held whole in memory.
+
+The code is split by concern in :mod:`goblinfs.storage.swift`: ``session`` (connections,
+auth, errors, retries), ``listing`` (listings and metadata), ``largeobjects`` (SLO/DLO,
+segments) and ``io`` (file objects).  This module holds the store itself and re-exports the
+names other modules and tests import from here.
 """
 
 from __future__ import annotations
 
-import calendar
 import errno
-import hashlib
-import http.client
 import io
 import json
 import logging
-import mimetypes
 import os
-import queue
-import re
-import socket
 import tempfile
-import threading
 import time
 import urllib.parse
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from datetime import datetime
-from decimal import ROUND_FLOOR, Decimal, InvalidOperation
-from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
 
 from requests.exceptions import RequestException
 from swiftclient.client import ClientException, Connection
-from swiftclient.utils import LengthWrapper
 
 from . import (
     NAME_MAX,
     Entry,
     NoWebServing,
-    PublishOnClose,
     Space,
     StorageConfigError,
     StorageInterface,
@@ -78,20 +69,47 @@ from . import (
     resolve_components,
 )
 from . import NotImplementedError as StorageNotImplementedError
+from .swift.io import READ_CHUNK, SwiftReader, SwiftWriter, parse_mode
+from .swift.largeobjects import (
+    DEFAULT_SEGMENT_SIZE,
+    HASH_CHUNK,
+    SEND_CHUNK,
+    SegmentStream,
+    SegmentUploader,
+    _HashingBody,
+    _md5_range,
+    _Segments,
+)
+from .swift.listing import (
+    DIRECTORY_TYPE,
+    MTIME_PARAM,
+    entry_from_headers,
+    entry_from_listing,
+    format_mtime,
+    guess_type,
+    header_meta,
+    is_directory_type,
+    is_slo,
+    iter_listing,
+    listing_etag,
+    maybe_slo,
+    parse_listing_time,
+    parse_mtime,
+    split_content_type,
+    strip_etag,
+)
+from .swift.session import AuthenticationFailed, SwiftSession, _AuthRefused, _Connection
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE", "DIRECTORY_TYPE", "HASH_CHUNK", "MTIME_PARAM", "READ_CHUNK", "SEND_CHUNK",
+    "AuthenticationFailed", "CloudFileStorage", "CloudFilesStorage", "SegmentStream", "SegmentUploader",
+    "SwiftReader", "SwiftSession", "SwiftWriter", "format_mtime", "is_directory_type", "listing_etag",
+    "parse_listing_time", "parse_mtime", "split_content_type",
+    "_AuthRefused", "_Connection", "_HashingBody", "_Segments",
+]
 
 log = logging.getLogger(__name__)
 
-#: Content-Type parameter holding the mtime (seconds with 9 decimals).
-MTIME_PARAM = "goblinfs_mtime"
-#: Content-Type of directory markers (swift CLI, Horizon, rclone, svfs).
-DIRECTORY_TYPE = "application/directory"
-#: Default size of SLO segments (objects larger than this are segmented).
-DEFAULT_SEGMENT_SIZE = 100 * 1048576
-#: Size of the chunks read from a GET response, copied from a file object or hashed.
-READ_CHUNK = 262144
-HASH_CHUNK = READ_CHUNK
-#: Size of the reads a segment is sent in (and hashed as it goes).
-SEND_CHUNK = 1048576
 #: Threads uploading segments / copying and deleting objects in parallel.
 DEFAULT_WORKERS = 4
 #: Swift defaults, used when GET /info does not answer.
@@ -104,129 +122,6 @@ _TRUE = {"1", "true", "yes", "on"}
 #: ``_upload``'s default for ``old``: HEAD the object to find what it replaces.
 _HEAD = object()
 _AUTH_VERSIONS = {"1": "1.0", "1.0": "1.0", "2": "2.0", "2.0": "2.0", "3": "3", "3.0": "3"}
-
-
-class AuthenticationFailed(StorageUnavailable):
-    """Swift (or Keystone) refused the login: wrong user or key, or an unknown project."""
-
-
-class _AuthRefused(Exception):
-    """Raised inside a Connection when the auth service answers 401/403; never retried."""
-
-    def __init__(self, status: int | None) -> None:
-        super().__init__(f"auth refused: HTTP {status}")
-        self.status = status
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
-def format_mtime(mtime_ns: int) -> str:
-    """Integer nanoseconds as exact decimal seconds with 9 decimals: ``1764201001.000000005``."""
-    mtime_ns = int(mtime_ns)
-    sign = "-" if mtime_ns < 0 else ""
-    seconds, fraction = divmod(abs(mtime_ns), 1_000_000_000)
-    return f"{sign}{seconds}.{fraction:09d}"
-
-
-_DECIMAL_RE = re.compile(r"([+-]?)(\d+)(?:\.(\d*))?")
-
-
-def parse_mtime(value: Any) -> int | None:
-    """Decimal seconds (as stored by us, the swift CLI or rclone) to integer nanoseconds, exactly.
-
-    Digits past the ninth decimal are dropped; None for anything unparseable.
-    """
-    if value is None:
-        return None
-    text = str(value).strip().strip('"')
-    match = _DECIMAL_RE.fullmatch(text)
-    if match:
-        sign, seconds, fraction = match.groups()
-        nanos = int(seconds) * 1_000_000_000 + int((fraction or "")[:9].ljust(9, "0"))
-        return -nanos if sign == "-" else nanos
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        return None
-    if not number.is_finite():
-        return None
-    return int((number * 1_000_000_000).to_integral_value(rounding=ROUND_FLOOR))
-
-
-def split_content_type(value: str | None) -> tuple[str | None, int | None]:
-    """Split ``type;goblinfs_mtime=S`` into (type without our parameter, mtime_ns or None).
-
-    Other parameters are kept verbatim; ``swift_bytes`` (Swift's internal one) is dropped.
-    """
-    if not value:
-        return None, None
-    parts = value.split(";")
-    kept = [parts[0].strip()]
-    mtime_ns = None
-    for part in parts[1:]:
-        key, sep, param = part.strip().partition("=")
-        lowered = key.strip().lower()
-        if sep and lowered == MTIME_PARAM:
-            mtime_ns = parse_mtime(param)
-            continue
-        if sep and lowered == "swift_bytes":
-            continue
-        if part.strip():
-            kept.append(part.strip())
-    return ";".join(kept), mtime_ns
-
-
-def is_directory_type(content_type: str | None) -> bool:
-    """True for ``application/directory`` (parameters and case ignored)."""
-    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == DIRECTORY_TYPE
-
-
-_LISTING_TIME_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z?")
-
-
-def parse_listing_time(value: str | None) -> int:
-    """A listing's ``last_modified`` (UTC, ISO format without zone) as integer nanoseconds; 0 if absent."""
-    if not value:
-        return 0
-    match = _LISTING_TIME_RE.fullmatch(value.strip())
-    if not match:
-        return 0
-    moment = datetime.strptime(match[1], "%Y-%m-%dT%H:%M:%S")
-    fraction = int((match[2] or "")[:9].ljust(9, "0"))
-    return calendar.timegm(moment.timetuple()) * 1_000_000_000 + fraction
-
-
-def listing_etag(item: Mapping[str, Any]) -> str | None:
-    """The etag of a listing item as HEAD reports it.
-
-    For an SLO, HEAD gives the SLO etag (MD5 of the segments' etags) while the listing's
-    ``hash`` is the manifest's MD5 followed by ``; slo_etag=<SLO etag>`` (Swift 2.30; newer
-    releases may give ``slo_etag`` as a key of its own): the SLO etag is taken.
-    """
-    value = str(item.get("hash") or "")
-    base, _, params = value.partition(";")
-    slo_etag = item.get("slo_etag")
-    for param in params.split(";"):
-        key, sep, param_value = param.strip().partition("=")
-        if sep and key.strip().lower() == "slo_etag" and not slo_etag:
-            slo_etag = param_value.strip()
-    return _strip_etag(slo_etag) or _strip_etag(base) or None
-
-
-def _strip_etag(value: str | None) -> str | None:
-    return value.strip().strip('"') if value else None
-
-
-def _guess_type(leaf: str) -> str:
-    return mimetypes.guess_type(leaf, strict=False)[0] or "application/octet-stream"
-
-
-def _parse_mode(mode: str) -> tuple[str, bool]:
-    kinds = [c for c in mode if c in "rwax"]
-    if len(kinds) != 1 or any(c not in "rwaxb+" for c in mode) or len(set(mode)) != len(mode):
-        raise ValueError(f"invalid mode: {mode!r}")
-    return kinds[0], "+" in mode
 
 
 def _int_option(name: str, value: Any, default: int | None, minimum: int = 0) -> int | None:
@@ -252,561 +147,6 @@ def _float_option(name: str, value: Any, default: float | None) -> float | None:
         raise StorageConfigError(f"{name} must be positive, not {number}")
     return number
 
-
-def _md5_range(path: str, start: int, length: int) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as source:
-        source.seek(start)
-        remaining = length
-        while remaining > 0:
-            chunk = source.read(min(HASH_CHUNK, remaining))
-            if not chunk:
-                raise OSError(errno.EIO, f"{path} shrank while being uploaded")
-            digest.update(chunk)
-            remaining -= len(chunk)
-    return digest.hexdigest()
-
-
-_POST_KEPT_HEADERS = ("content-disposition", "content-encoding", "x-delete-at", "x-object-manifest")
-
-
-def _header_meta(headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers of a HEAD that a POST must re-send to keep them (user metadata and friends)."""
-    kept = {}
-    for key, value in headers.items():
-        lowered = key.lower()
-        user_meta = lowered.startswith("x-object-meta-") and lowered != "x-object-meta-mtime"
-        if user_meta or lowered in _POST_KEPT_HEADERS:
-            kept[key] = value
-    return kept
-
-
-class _Connection(Connection):
-    """A swiftclient Connection that reports new tokens and never retries a refused login."""
-
-    def __init__(self, on_auth: Callable[[str, str], None], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._on_auth = on_auth
-
-    def get_auth(self) -> tuple[str, str]:
-        try:
-            url, token = super().get_auth()
-        except ClientException as exc:
-            if exc.http_status in (401, 403):
-                raise _AuthRefused(exc.http_status) from None
-            raise
-        self._on_auth(url, token)
-        return url, token
-
-
-# ------------------------------------------------------------------------- file objects
-
-
-class SwiftReader(io.RawIOBase):
-    """A seekable, streaming reader of one object: sequential reads come from one GET;
-    a read after a seek opens a ranged GET from the new offset.  Never buffers the object.
-    """
-
-    def __init__(self, store: CloudFileStorage, name: str, conn: Connection, headers: Mapping[str, str],
-                 body: Any) -> None:
-        super().__init__()
-        self._store = store
-        self._conn = conn
-        self.name = name
-        self.size = int(headers.get("content-length") or 0)
-        self.etag = _strip_etag(headers.get("etag"))
-        self._pos = 0
-        self._body: Any = body
-        self._body_pos = 0
-
-    def _check_closed(self) -> None:
-        if self.closed:
-            raise ValueError("I/O operation on closed file")
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        self._check_closed()
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move the position; no request until the next read."""
-        self._check_closed()
-        if whence == io.SEEK_SET:
-            new = offset
-        elif whence == io.SEEK_CUR:
-            new = self._pos + offset
-        elif whence == io.SEEK_END:
-            new = self.size + offset
-        else:
-            raise ValueError(f"invalid whence ({whence})")
-        if new < 0:
-            raise OSError(errno.EINVAL, "negative seek position")
-        self._pos = new
-        return new
-
-    def readinto(self, buffer: Any) -> int:
-        """Read up to len(buffer) bytes (at most READ_CHUNK) from the current position; 0 at EOF."""
-        self._check_closed()
-        view = memoryview(buffer).cast("B")
-        wanted = min(len(view), self.size - self._pos, READ_CHUNK)
-        if wanted <= 0:
-            return 0
-        if self._body is None or self._body_pos != self._pos:
-            self._open_at(self._pos)
-        try:
-            data = self._body.read(wanted)
-        except (RequestException, ConnectionError, TimeoutError) as exc:
-            self._close_body()
-            raise StorageUnavailable(f"reading {self.name} from Swift failed: {exc}") from exc
-        if not data:
-            self._close_body()
-            raise OSError(errno.EIO, "object ended early (changed while being read?)", self.name)
-        view[: len(data)] = data
-        self._pos += len(data)
-        self._body_pos = self._pos
-        return len(data)
-
-    def _open_at(self, offset: int) -> None:
-        self._close_body()
-        _, self._body = self._store._call(
-            "get_object", self._store.container, self.name, resp_chunk_size=READ_CHUNK,
-            headers={"Range": f"bytes={offset}-"}, name=self.name, conn=self._conn)
-        self._body_pos = offset
-
-    def _close_body(self) -> None:
-        body, self._body = self._body, None
-        if body is not None:
-            with suppress(Exception):
-                body.close()
-
-    def close(self) -> None:
-        if not self.closed:
-            self._close_body()
-            with suppress(Exception):
-                self._conn.close()
-        super().close()
-
-
-class SwiftWriter(PublishOnClose, io.FileIO):
-    """A file spooled in ``staging_dir`` and uploaded to Swift by ``close()``.
-
-    ``write`` takes bytes or a readable file object (streamed).  ``sync()`` uploads now and
-    keeps the file open.  Leaving a ``with`` block through an exception, or ``discard()``,
-    drops what was written.  ``mtime_ns`` may be set before closing; ``entry`` is the new
-    Entry after an upload.  The spool file is removed in every case.
-    """
-
-    def __init__(self, store: CloudFileStorage, name: str, spool: str, mode: str, *, content_type: str,
-                 meta: Mapping[str, str], exclusive: bool, dirty: bool) -> None:
-        self._done = True
-        super().__init__(spool, mode)
-        self._store = store
-        self._object_name = name
-        self._spool = spool
-        self._content_type = content_type
-        self._meta = dict(meta)
-        self._exclusive = exclusive
-        self._dirty = dirty
-        self._done = False
-        self.mtime_ns: int | None = None
-        self.entry: Entry | None = None
-
-    @property
-    def object_name(self) -> str:
-        return self._object_name
-
-    def write(self, data: Any) -> int:  # type: ignore[override]
-        """Write bytes, or everything a readable file object gives (in chunks); the count written."""
-        if hasattr(data, "read"):
-            total = 0
-            while True:
-                chunk = data.read(READ_CHUNK)
-                if not chunk:
-                    return total
-                total += self.write(chunk)
-        view = memoryview(data).cast("B")
-        total = len(view)
-        self._dirty = True
-        while view:
-            written = super().write(view)
-            if written is None:  # pragma: no cover - only for non-blocking fds
-                continue
-            view = view[written:]
-        return total
-
-    def truncate(self, size: int | None = None) -> int:
-        self._dirty = True
-        return super().truncate(size)
-
-    def sync(self) -> Entry | None:
-        """Upload the current content now (if changed) and keep the file open."""
-        if self._done:
-            raise ValueError("I/O operation on closed file")
-        if self._dirty:
-            self.flush()
-            self._upload()
-        return self.entry
-
-    def _upload(self) -> None:
-        self.entry = self._store._upload(self._spool, self._object_name, content_type=self._content_type,
-                                         mtime_ns=self.mtime_ns, meta=self._meta, exclusive=self._exclusive)
-        self._exclusive = False
-        self._dirty = False
-
-    def close(self) -> None:
-        """Upload (if anything changed since open or the last sync) and remove the spool file.
-
-        An upload error is raised from here; the spool file is removed in any case.
-        """
-        if self._done:
-            super().close()
-            return
-        self._done = True
-        try:
-            if not self.closed:
-                self.flush()
-            super().close()
-            if self._dirty:
-                self._upload()
-        finally:
-            self._remove_spool()
-
-    def discard(self) -> None:
-        """Drop what was written; the stored object stays as it was."""
-        if self._done:
-            return
-        self._done = True
-        with suppress(Exception):
-            super().close()
-        self._remove_spool()
-
-    def _remove_spool(self) -> None:
-        with suppress(FileNotFoundError):
-            os.unlink(self._spool)
-
-
-
-# ------------------------------------------------------------------------------- store
-
-
-class _HashingBody(LengthWrapper):
-    """The bytes [start, start + length) of an open file, sent by swiftclient in 1 MiB reads
-    (its default file object path reads 16 KiB at a time), MD5-hashed on the way if hashing:
-    the caller compares ``md5`` with the ETag Swift returns.
-    """
-
-    def __init__(self, fd: int, start: int, length: int, hashing: bool = True) -> None:  # no file object
-        self._fd = fd
-        self._start = start
-        self._length = length
-        self._pos = 0
-        self._hashing = hashing
-        self.md5 = hashlib.md5(usedforsecurity=False)
-
-    def __len__(self) -> int:
-        return self._length
-
-    def read(self, size: int = -1) -> bytes:
-        remaining = self._length - self._pos
-        if remaining <= 0:
-            return b""
-        chunk = os.pread(self._fd, min(SEND_CHUNK, remaining), self._start + self._pos)
-        if not chunk:
-            raise OSError(errno.EIO, "the file shrank while being uploaded")
-        self._pos += len(chunk)
-        if self._hashing:
-            self.md5.update(chunk)
-        return chunk
-
-    def reset(self) -> None:  # type: ignore[override]  # swiftclient calls it before a retry
-        self._pos = 0
-        self.md5 = hashlib.md5(usedforsecurity=False)
-
-
-class _Segments:
-    """The names of one upload's segments: ``<name>/<upload id>/<index>`` in the segments
-    container (a hash instead of the name when that would be too long)."""
-
-    def __init__(self, store: CloudFileStorage, name: str, segment_size: int) -> None:
-        self.store = store
-        self.name = name
-        self.segment_size = segment_size
-        self.upload_id = uuid.uuid4().hex
-        self.base = name
-        if len(f"{name}/{self.upload_id}/00000000".encode()) > store.max_object_name_length:
-            self.base = hashlib.sha256(name.encode("utf-8")).hexdigest()
-
-    def segment_name(self, index: int) -> str:
-        return f"{self.base}/{self.upload_id}/{index:08d}"
-
-
-class SegmentUploader(_Segments):
-    """The SLO segments of a complete local file, sent on the store's worker pool.
-
-    Segments are private (random names in the segments container) until the manifest is
-    written, so a failed upload changes nothing visible; its segments are deleted.
-    """
-
-    def __init__(self, store: CloudFileStorage, local_path: str, name: str, segment_size: int) -> None:
-        super().__init__(store, name, segment_size)
-        self.local_path = local_path
-        self.futures: list[Future[tuple[str, str, int]]] = []
-        self.sent = 0
-        self._fd: int | None = None
-
-    def send(self, end: int) -> None:
-        """Send bytes [0, end) as segments (each at most segment_size), in parallel."""
-        while self.sent < end:
-            if self._fd is None:
-                self._fd = os.open(self.local_path, os.O_RDONLY | os.O_CLOEXEC)
-            length = min(self.segment_size, end - self.sent)
-            future = self.store._executor().submit(self._put, len(self.futures), self.sent, length)
-            self.futures.append(future)
-            self.sent += length
-
-    def _put(self, index: int, start: int, length: int) -> tuple[str, str, int]:
-        assert self._fd is not None
-        self.store._ensure_segment_container()
-        segment = self.segment_name(index)
-        body = _HashingBody(self._fd, start, length, hashing=self.store.verify_segments)
-        etag = _strip_etag(self.store._call("put_object", self.store.segment_container, segment, body,
-                                            content_length=length, content_type="application/octet-stream",
-                                            name=segment))
-        if self.store.verify_segments and etag != body.md5.hexdigest():
-            raise OSError(errno.EIO, f"Swift stored segment {segment} with ETag {etag}, sent {body.md5.hexdigest()}")
-        return segment, etag or "", length
-
-    def results(self) -> list[tuple[str, str, int]]:
-        """Wait for every segment sent; the first error is raised once all have ended."""
-        results = []
-        error: BaseException | None = None
-        for future in self.futures:
-            try:
-                results.append(future.result())
-            except BaseException as exc:  # noqa: B036 - re-raised after all ended
-                error = error or exc
-        if error is not None:
-            raise error
-        return results
-
-    def discard(self) -> None:
-        """Delete every segment sent (after they have all ended)."""
-        for future in self.futures:
-            with suppress(BaseException):
-                future.result()
-        self.close()
-        self.store._delete_segments([(self.store.segment_container, self.segment_name(index))
-                                     for index in range(len(self.futures))])
-
-    def close(self) -> None:
-        if self._fd is not None:
-            with suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
-
-
-class SegmentStream(_Segments, Upload):
-    """A file streamed into SLO segments while it is being appended to, from memory.
-
-    ``offer``/``put`` queue the appended bytes (a window of ``window`` chunks, so memory
-    stays bounded and a fast writer waits for the network); one thread sends them as
-    chunked PUTs of at most segment_size each.  ``finish`` writes the manifest.  Nothing is
-    visible before that; a failed or abandoned stream's segments are deleted.
-    """
-
-    def __init__(self, store: CloudFileStorage, name: str, segment_size: int, window: int = 16) -> None:
-        super().__init__(store, name, segment_size)
-        #: The vfs streams a file only once it is larger than this (smaller files: one PUT).
-        self.begin_at = segment_size
-        self.accepted = 0
-        self.segments: list[tuple[str, str, int]] = []
-        self.error: BaseException | None = None
-        self.aborted = False
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=window)
-        self._thread: threading.Thread | None = None
-        self._ended = False
-        self._eof = False
-        #: The part of a queued chunk past the segment it was cut at (the next segment's start).
-        self._carry: memoryview | None = None
-
-    @property
-    def started(self) -> bool:
-        return self._thread is not None
-
-    def _check(self) -> None:
-        if self.error is not None:
-            raise OSError(errno.EIO, f"upload of {self.name} failed: {self.error}")
-        if self.aborted:
-            raise OSError(errno.EIO, f"upload of {self.name} was abandoned")
-
-    def _start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="goblinfs-stream", daemon=True)
-            self._thread.start()
-
-    def offer(self, data: bytes) -> bool:
-        self._check()
-        self._start()
-        try:
-            self._queue.put_nowait(data)
-        except queue.Full:
-            return False
-        self.accepted += len(data)
-        return True
-
-    def put(self, data: bytes) -> None:
-        """Append data, waiting for room; returns only once the window is half empty again, so
-        a writer faster than Swift comes here (a thread hop) once per half window, not per write."""
-        self._check()
-        self._start()
-        self._queue.put(data)
-        self.accepted += len(data)
-        half = self._queue.maxsize // 2
-        with self._queue.not_full:  # the queue's own lock: qsize() would take it again
-            while len(self._queue.queue) > half and self.error is None and not self.aborted:
-                self._queue.not_full.wait(1.0)
-
-    def put_file(self, fd: int, length: int) -> None:
-        """Append bytes [0, length) of the open file fd (blocking)."""
-        offset = 0
-        while offset < length:
-            chunk = os.pread(fd, min(SEND_CHUNK, length - offset), offset)
-            if not chunk:
-                raise OSError(errno.EIO, "the staging file is shorter than expected")
-            self.put(chunk)
-            offset += len(chunk)
-
-    def _end(self) -> None:
-        if not self._ended and self._thread is not None:
-            self._ended = True
-            self._queue.put(None)
-
-    def _run(self) -> None:
-        """Cut the queued bytes into segments.  A segment's PUT waits for Swift's answer (the
-        object server's fsync) on a pool thread while the next segment is already sent."""
-        futures: list[Future[tuple[str, str, int]]] = []
-        try:
-            self.store._ensure_segment_container()
-            index = 0
-            while not self._eof:
-                first = self._carry if self._carry is not None else self._queue.get()
-                self._carry = None
-                if first is None:
-                    self._eof = True
-                    break
-                sent_all = threading.Event()
-                future = self.store._executor().submit(self._put_segment, index, first, sent_all)
-                future.add_done_callback(lambda _f, event=sent_all: event.set())
-                futures.append(future)
-                sent_all.wait()
-                if future.done() and future.exception() is not None:
-                    break
-                index += 1
-            self.segments = [future.result() for future in futures]
-        except BaseException as exc:
-            self.error = exc
-            if not self.aborted:
-                log.warning("streaming %s to Swift failed: %s", self.name, exc)
-            for future in futures:  # what was sent is deleted with the rest
-                with suppress(BaseException):
-                    self.segments.append(future.result())
-            # Keep taking what writers queue until the end marker, so none of them blocks.
-            while not self._eof and self._queue.get() is not None:
-                pass
-
-    def _put_segment(self, index: int, first: bytes | memoryview,
-                     sent_all: threading.Event) -> tuple[str, str, int]:
-        sent = 0
-
-        def body() -> Iterator[memoryview]:
-            nonlocal sent
-            view = memoryview(first)
-            try:
-                while True:
-                    if self.aborted:
-                        raise OSError(errno.ECANCELED, "upload abandoned")
-                    room = self.segment_size - sent
-                    if len(view) > room:
-                        self._carry = view[room:]
-                        view = view[:room]
-                    if len(view):
-                        sent += len(view)
-                        yield view
-                    if sent >= self.segment_size or self._carry is not None:
-                        return
-                    following = self._queue.get()
-                    if following is None:
-                        self._eof = True
-                        return
-                    view = memoryview(following)
-            finally:
-                sent_all.set()
-
-        segment = self.segment_name(index)
-        etag = self.store._put_chunked(self.store.segment_container, segment, body())
-        return segment, _strip_etag(etag) or "", sent
-
-    def _wait(self) -> None:
-        self._end()
-        if self._thread is not None:
-            self._thread.join()
-
-    def finish(self, mtime_ns: int | None = None, new: bool = False) -> Entry:
-        """Send the rest and the manifest; the Entry of the stored file.  FileExistsError (with
-        new, when something appeared at the name) keeps the segments: call again without new."""
-        self._wait()
-        try:
-            self._check()
-            if sum(length for _, _, length in self.segments) != self.accepted:
-                raise OSError(errno.EIO, f"stream of {self.name} lost bytes")
-            return self.store._store_local(None, self.name, mtime_ns, new, stream=self)
-        except FileExistsError:
-            raise
-        except BaseException:
-            self.discard()
-            raise
-
-    def read_back(self, fd: int) -> int:
-        """Stop streaming: write every byte appended so far into fd from offset 0 (read from the
-        segments sent), delete the segments; the number of bytes."""
-        self._wait()
-        try:
-            self._check()
-            offset = 0
-            for segment, _etag, _length in self.segments:
-                _, body = self.store._call("get_object", self.store.segment_container, segment,
-                                           resp_chunk_size=SEND_CHUNK, name=segment)
-                for chunk in body:
-                    os.pwrite(fd, chunk, offset)
-                    offset += len(chunk)
-            if offset != self.accepted:
-                raise OSError(errno.EIO, f"read back {offset} of {self.accepted} bytes of {self.name}")
-            return offset
-        finally:
-            self.discard()
-
-    def abort(self) -> None:
-        """Give up without waiting; the segments sent are deleted in the background."""
-        if self.aborted:
-            return
-        self.aborted = True
-        if self._thread is None:
-            return
-
-        def cleanup() -> None:
-            self._wait()
-            self.discard()
-
-        threading.Thread(target=cleanup, name="goblinfs-abort-stream", daemon=True).start()
-
-    def discard(self) -> None:
-        segments, self.segments = self.segments, []
-        self.store._delete_segments([(self.store.segment_container, segment) for segment, _, _ in segments])
 
 
 class CloudFileStorage(StorageInterface):
@@ -852,7 +192,6 @@ class CloudFileStorage(StorageInterface):
         self.segment_container = f"{self.container}_segments"
         self.auth_url = str(cloudfiles_host)
         self.user = str(cloudfiles_user)
-        self.__key = str(cloudfiles_api_key)
         self.auth_version = version
         self.base_url = base_url
         self.segment_size = _int_option("segment_size", segment_size, DEFAULT_SEGMENT_SIZE, minimum=1)
@@ -869,16 +208,14 @@ class CloudFileStorage(StorageInterface):
             ("project_name", project_name), ("tenant_name", tenant_name),
             ("project_domain_name", project_domain_name), ("user_domain_name", user_domain_name),
             ("region_name", region_name), ("endpoint_type", endpoint_type)) if value}
-        self._os_options = os_options
         if cloudfiles_use_servicenet is True or str(cloudfiles_use_servicenet).strip().lower() in _TRUE:
             log.debug("cloudfiles_use_servicenet ignored: python-swiftclient has no ServiceNet support")
         if kwargs:
             log.debug("CloudFileStorage ignores keys %s", sorted(kwargs))
-        self._local = threading.local()
-        self._auth_lock = threading.Lock()
-        self._auth: tuple[str, str] | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self.session = SwiftSession(auth_url=self.auth_url, user=self.user, key=str(cloudfiles_api_key),
+                                    auth_version=version, os_options=os_options, container=self.container,
+                                    retries=self.retries or 0, timeout=self.timeout or 60.0,
+                                    workers=self.workers or DEFAULT_WORKERS)
         self._segments_ready = False
         self._collisions_logged: set[str] = set()
         self._ensure_container(self.container)
@@ -897,153 +234,37 @@ class CloudFileStorage(StorageInterface):
 
     # ------------------------------------------------------------ connections, errors
 
-    def _remember_auth(self, url: str, token: str) -> None:
-        with self._auth_lock:
-            self._auth = (url, token)
+    @property
+    def _auth(self) -> tuple[str, str] | None:
+        return self.session._auth
 
     def _new_connection(self) -> Connection:
-        """A fresh Connection, starting from the last token any connection obtained."""
-        with self._auth_lock:
-            auth = self._auth
-        return _Connection(
-            self._remember_auth, authurl=self.auth_url, user=self.user, key=self.__key,
-            retries=self.retries, preauthurl=auth[0] if auth else None, preauthtoken=auth[1] if auth else None,
-            starting_backoff=0.5, max_backoff=8, os_options=dict(self._os_options),
-            auth_version=self.auth_version, timeout=self.timeout, retry_on_ratelimit=True)
+        return self.session.new_connection()
 
     def _conn(self) -> Connection:
         """This thread's Connection (the mount calls the store from several threads)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._new_connection()
-        return conn
-
-    def _where(self, conn: Connection | None) -> str:
-        url = getattr(conn, "url", None) or (self._auth[0] if self._auth else None)
-        return f"storage URL {url}" if url else f"auth URL {self.auth_url}"
+        return self.session.conn()
 
     def _map_error(self, exc: BaseException, name: str | None, conn: Connection | None) -> BaseException | None:
-        if isinstance(exc, _AuthRefused):
-            return AuthenticationFailed(
-                f"Swift login refused (HTTP {exc.status}) for user {self.user!r} at auth URL {self.auth_url}")
-        if isinstance(exc, ClientException):
-            status = exc.http_status
-            target = f"{self.container}/{name}" if name is not None else self.container
-            if status == 404:
-                return FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}",
-                                         name if name is not None else self.container)
-            if status in (401, 403):
-                return PermissionError(errno.EACCES, f"Swift refused access (HTTP {status})", target)
-            if status == 413:
-                return OSError(errno.EFBIG, "Swift refused the object as too large (HTTP 413)", target)
-            if status is None or status >= 500 or status in (408, 429, 498, 499):
-                return StorageUnavailable(f"Swift at {self._where(conn)} failed for {target}: {exc.msg}"
-                                          + (f" (HTTP {status})" if status else ""))
-            return OSError(errno.EIO, f"Swift error (HTTP {status} {exc.http_reason}): {exc.msg}", target)
-        if isinstance(exc, (RequestException, ConnectionError, TimeoutError, socket.gaierror)):
-            return StorageUnavailable(f"cannot reach Swift at {self._where(conn)}: {exc}")
-        return None
+        return self.session.map_error(exc, name, conn)
 
     def _call(self, method: str, *args: Any, name: str | None = None, conn: Connection | None = None,
               passthrough: tuple[int, ...] = (), **kwargs: Any) -> Any:
-        """Run a swiftclient Connection method; map its errors to the storage/OS errors.
-
-        ClientExceptions whose status is in *passthrough* are re-raised as they are.
-        """
-        connection = conn or self._conn()
-        try:
-            return getattr(connection, method)(*args, **kwargs)
-        except ClientException as exc:
-            if exc.http_status in passthrough:
-                raise
-            mapped = self._map_error(exc, name, connection)
-            raise mapped from exc  # type: ignore[misc]
-        except Exception as exc:
-            mapped = self._map_error(exc, name, connection)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        """Run a swiftclient Connection method with the session's error mapping (and retries)."""
+        return self.session.call(method, *args, name=name, conn=conn, passthrough=passthrough, **kwargs)
 
     def _put_chunked(self, container: str, name: str, chunks: Iterator[memoryview]) -> str | None:
-        """PUT an object from chunks of unknown total size (chunked transfer encoding); its ETag.
-
-        http.client, not swiftclient/requests: urllib3 frames each chunk with ``b"%x\r\n%b\r\n"
-        % ...``, a copy that cost ~1 s of CPU per GiB here; this sends the frame and the data
-        separately.  The data cannot be sent twice, so a HEAD of the container first renews the
-        token if it expired (swiftclient re-authenticates on its 401).
-        """
-        conn = self._conn()
-        self._call("head_container", container, name=container, conn=conn)
-        url, token = conn.url, conn.token
-        parsed = urllib.parse.urlsplit(url)
-        http_class = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
-        http_conn = http_class(parsed.hostname or "", parsed.port, timeout=self.timeout)
-        path = f"{parsed.path.rstrip('/')}/{urllib.parse.quote(container)}/{urllib.parse.quote(name)}"
-        try:
-            http_conn.putrequest("PUT", path, skip_accept_encoding=True)
-            http_conn.putheader("X-Auth-Token", token)
-            http_conn.putheader("Transfer-Encoding", "chunked")
-            http_conn.putheader("Content-Type", "application/octet-stream")
-            http_conn.endheaders()
-            for chunk in chunks:
-                http_conn.send(b"%x\r\n" % len(chunk))
-                http_conn.send(chunk)
-                http_conn.send(b"\r\n")
-            http_conn.send(b"0\r\n\r\n")
-            response = http_conn.getresponse()
-            body = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise StorageUnavailable(f"cannot reach Swift at {parsed.netloc}: {exc}") from exc
-        finally:
-            http_conn.close()
-        if response.status >= 300:
-            raise self._map_error(ClientException(  # type: ignore[misc]
-                f"Object PUT failed: {body[:200]!r}", http_status=response.status, http_reason=response.reason),
-                name, conn) or OSError(errno.EIO, f"Swift answered {response.status}")
-        return response.getheader("etag")
+        return self.session.put_chunked(container, name, chunks)
 
     def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="goblinfs-swift")
-            return self._pool
+        return self.session.executor()
 
     def _parallel(self, func: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """func over items on the worker pool; results in order, the first error re-raised.
-
-        Inside a pool worker (a task that itself fans out) it runs in line: waiting on the
-        pool from the pool could deadlock.
-        """
-        if len(items) <= 1 or getattr(self._local, "in_pool", False):
-            return [func(item) for item in items]
-
-        def task(item: Any) -> Any:
-            self._local.in_pool = True
-            return func(item)
-
-        futures: list[Future[Any]] = [self._executor().submit(task, item) for item in items]
-        results = []
-        error: BaseException | None = None
-        for future in futures:
-            try:
-                results.append(future.result())
-            except BaseException as exc:  # noqa: B036 - collected, re-raised after all finished
-                results.append(None)
-                error = error or exc
-        if error is not None:
-            raise error
-        return results
+        return self.session.parallel(func, items)
 
     def close(self) -> None:
         """Stop the worker threads and drop this thread's connection (the store stays usable)."""
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.session.close()
 
     def _ensure_container(self, container: str) -> None:
         try:
@@ -1102,21 +323,11 @@ class CloudFileStorage(StorageInterface):
     def _iter_listing(self, prefix: str, delimiter: str | None = None, limit: int | None = None,
                       container: str | None = None) -> Iterator[dict[str, Any]]:
         """The container listing under prefix, paged with marker (each page retried on its own)."""
-        marker: str | None = None
-        remaining = limit
-        while True:
-            want = self.listing_limit if remaining is None else min(self.listing_limit, remaining)
-            _, items = self._call("get_container", container or self.container, marker=marker, limit=want,
-                                  prefix=prefix or None, delimiter=delimiter, name=prefix or None)
-            yield from items
-            if remaining is not None:
-                remaining -= len(items)
-                if remaining <= 0:
-                    return
-            if len(items) < want:
-                return
-            last = items[-1]
-            marker = last.get("name", last.get("subdir"))
+        def page(marker: str | None, want: int) -> list[dict[str, Any]]:
+            return self._call("get_container", container or self.container, marker=marker, limit=want,
+                              prefix=prefix or None, delimiter=delimiter, name=prefix or None)[1]
+
+        return iter_listing(page, self.listing_limit, limit)
 
     def _dir_probe(self, name: str) -> dict[str, Any] | None:
         """The first listing item under ``name/`` (marker or child), None when there is none."""
@@ -1132,7 +343,7 @@ class CloudFileStorage(StorageInterface):
 
     @staticmethod
     def _is_slo(headers: Mapping[str, str] | None) -> bool:
-        return bool(headers) and str(headers.get("x-static-large-object", "")).lower() == "true"
+        return is_slo(headers)
 
     def _slo_segments(self, name: str) -> list[tuple[str, str]]:
         """(container, object) of every segment of the SLO manifest name."""
@@ -1184,28 +395,13 @@ class CloudFileStorage(StorageInterface):
 
     # --------------------------------------------------------------------- entries
 
-    def _entry_from_headers(self, leaf: str, headers: Mapping[str, str]) -> Entry:
-        content_type, mtime_ns = split_content_type(headers.get("content-type"))
-        if mtime_ns is None:
-            mtime_ns = parse_mtime(headers.get("x-object-meta-mtime"))
-        if mtime_ns is None:
-            mtime_ns = parse_mtime(headers.get("x-timestamp"))
-        if mtime_ns is None and headers.get("last-modified"):
-            with suppress(TypeError, ValueError):
-                mtime_ns = int(parsedate_to_datetime(headers["last-modified"]).timestamp()) * 1_000_000_000
-        if is_directory_type(content_type):
-            return Entry(leaf, True, 0, mtime_ns or 0)
-        return Entry(leaf, False, int(headers.get("content-length") or 0), mtime_ns or 0,
-                     _strip_etag(headers.get("etag")), content_type)
+    @staticmethod
+    def _entry_from_headers(leaf: str, headers: Mapping[str, str]) -> Entry:
+        return entry_from_headers(leaf, headers)
 
     @staticmethod
     def _entry_from_listing(leaf: str, item: Mapping[str, Any]) -> Entry:
-        content_type, mtime_ns = split_content_type(item.get("content_type"))
-        if mtime_ns is None:
-            mtime_ns = parse_listing_time(item.get("last_modified"))
-        if is_directory_type(content_type):
-            return Entry(leaf, True, 0, mtime_ns)
-        return Entry(leaf, False, int(item.get("bytes") or 0), mtime_ns, listing_etag(item), content_type)
+        return entry_from_listing(leaf, item)
 
     def _dir_entry(self, leaf: str, name: str, probe: Mapping[str, Any]) -> Entry:
         mtime_ns = 0
@@ -1331,7 +527,7 @@ class CloudFileStorage(StorageInterface):
         etag = self._call("put_object", self.container, name, manifest, content_length=len(manifest),
                           content_type=full_type, headers=dict(headers),
                           query_string="multipart-manifest=put", name=name, passthrough=(412,))
-        return _strip_etag(etag) or ""
+        return strip_etag(etag) or ""
 
     # ----------------------------------------------------------------- MediaGoblin API
 
@@ -1352,7 +548,7 @@ class CloudFileStorage(StorageInterface):
         the stored content; 'x' gives FileExistsError if the name exists (checked at open and
         at upload).  ``write`` takes bytes or a readable file object.
         """
-        kind, plus = _parse_mode(mode)
+        kind, plus = parse_mode(mode)
         name = self._file_name(filepath)
         if kind == "r" and not plus:
             return self._open_reader(name)  # type: ignore[return-value]
@@ -1391,14 +587,14 @@ class CloudFileStorage(StorageInterface):
                    else IsADirectoryError(errno.EISDIR, "is a directory", name))
         elif kind == "x":
             raise FileExistsError(errno.EEXIST, "file exists", name)
-        content_type = _guess_type(components[-1])
+        content_type = guess_type(components[-1])
         meta: dict[str, str] = {}
         fd, spool = tempfile.mkstemp(prefix="goblinfs-spool-", dir=self.staging_dir)
         os.close(fd)
         try:
             if headers is not None and kind in "ar":
                 content_type = split_content_type(headers.get("content-type"))[0] or content_type
-                meta = _header_meta(headers)
+                meta = header_meta(headers)
                 meta.pop("X-Object-Manifest", None)
                 meta.pop("x-object-manifest", None)
                 self._download(name, spool)
@@ -1497,8 +693,7 @@ class CloudFileStorage(StorageInterface):
 
     @staticmethod
     def _maybe_slo(item: Mapping[str, Any]) -> bool:
-        """Whether a listing item may be an SLO manifest (then a HEAD tells)."""
-        return "slo_etag" in item or "slo_etag=" in str(item.get("hash") or "")
+        return maybe_slo(item)
 
     def file_url(self, filepath: Sequence[str]) -> str:
         """urljoin(base_url, cleaned path) when base_url is set, else the object's storage URL."""
@@ -1550,7 +745,7 @@ class CloudFileStorage(StorageInterface):
                      stream: SegmentStream | None = None) -> Entry:
         components = name.split("/")
         self._check_new_name(name, components)
-        content_type = _guess_type(components[-1])
+        content_type = guess_type(components[-1])
         if new:
             # One PUT: If-None-Match: * makes Swift refuse (412) rather than replace an object
             # the caller did not know of (whose SLO segments would be left behind).
@@ -1770,8 +965,8 @@ class CloudFileStorage(StorageInterface):
         dir_object = headers is not None and is_directory_type(headers.get("content-type"))
         if headers is not None and not dir_object and self._dir_probe(name) is None:
             # A file: our Content-Type parameter (for listings) and the swift CLI header.
-            content_type = split_content_type(headers.get("content-type"))[0] or _guess_type(components[-1])
-            post = _header_meta(headers)
+            content_type = split_content_type(headers.get("content-type"))[0] or guess_type(components[-1])
+            post = header_meta(headers)
             post.update({"Content-Type": f"{content_type};{MTIME_PARAM}={mtime}", "X-Object-Meta-Mtime": mtime})
             self._call("post_object", self.container, name, post, name=name)
             return
@@ -1785,7 +980,7 @@ class CloudFileStorage(StorageInterface):
             if headers is None:
                 self._put_marker(target, mtime_ns)
                 return
-        post = _header_meta(headers)
+        post = header_meta(headers)
         post.update({"Content-Type": DIRECTORY_TYPE, "X-Object-Meta-Mtime": mtime})
         self._call("post_object", self.container, target, post, name=target)
 

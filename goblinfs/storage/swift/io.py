@@ -1,0 +1,223 @@
+"""File objects of Swift objects: SwiftReader (streaming, seekable reads) and SwiftWriter
+(spooled in ``staging_dir``, uploaded on ``close()``)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+from requests.exceptions import RequestException
+from swiftclient.client import Connection
+
+from .. import Entry, PublishOnClose, StorageUnavailable
+from .listing import strip_etag
+
+if TYPE_CHECKING:
+    from ..cloudfiles import CloudFileStorage
+
+log = logging.getLogger(__name__)
+
+#: Size of the chunks read from a GET response or copied from a file object.
+READ_CHUNK = 262144
+
+
+def parse_mode(mode: str) -> tuple[str, bool]:
+    """An ``io.FileIO``-style mode as (one of 'r', 'w', 'a', 'x'; whether '+')."""
+    kinds = [c for c in mode if c in "rwax"]
+    if len(kinds) != 1 or any(c not in "rwaxb+" for c in mode) or len(set(mode)) != len(mode):
+        raise ValueError(f"invalid mode: {mode!r}")
+    return kinds[0], "+" in mode
+
+
+class SwiftReader(io.RawIOBase):
+    """A seekable, streaming reader of one object: sequential reads come from one GET;
+    a read after a seek opens a ranged GET from the new offset.  Never buffers the object.
+    """
+
+    def __init__(self, store: CloudFileStorage, name: str, conn: Connection, headers: Mapping[str, str],
+                 body: Any) -> None:
+        super().__init__()
+        self._store = store
+        self._conn = conn
+        self.name = name
+        self.size = int(headers.get("content-length") or 0)
+        self.etag = strip_etag(headers.get("etag"))
+        self._pos = 0
+        self._body: Any = body
+        self._body_pos = 0
+
+    def _check_closed(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check_closed()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move the position; no request until the next read."""
+        self._check_closed()
+        if whence == io.SEEK_SET:
+            new = offset
+        elif whence == io.SEEK_CUR:
+            new = self._pos + offset
+        elif whence == io.SEEK_END:
+            new = self.size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if new < 0:
+            raise OSError(errno.EINVAL, "negative seek position")
+        self._pos = new
+        return new
+
+    def readinto(self, buffer: Any) -> int:
+        """Read up to len(buffer) bytes (at most READ_CHUNK) from the current position; 0 at EOF."""
+        self._check_closed()
+        view = memoryview(buffer).cast("B")
+        wanted = min(len(view), self.size - self._pos, READ_CHUNK)
+        if wanted <= 0:
+            return 0
+        if self._body is None or self._body_pos != self._pos:
+            self._open_at(self._pos)
+        try:
+            data = self._body.read(wanted)
+        except (RequestException, ConnectionError, TimeoutError) as exc:
+            self._close_body()
+            raise StorageUnavailable(f"reading {self.name} from Swift failed: {exc}") from exc
+        if not data:
+            self._close_body()
+            raise OSError(errno.EIO, "object ended early (changed while being read?)", self.name)
+        view[: len(data)] = data
+        self._pos += len(data)
+        self._body_pos = self._pos
+        return len(data)
+
+    def _open_at(self, offset: int) -> None:
+        self._close_body()
+        _, self._body = self._store._call(
+            "get_object", self._store.container, self.name, resp_chunk_size=READ_CHUNK,
+            headers={"Range": f"bytes={offset}-"}, name=self.name, conn=self._conn)
+        self._body_pos = offset
+
+    def _close_body(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            with suppress(Exception):
+                body.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close_body()
+            with suppress(Exception):
+                self._conn.close()
+        super().close()
+
+
+class SwiftWriter(PublishOnClose, io.FileIO):
+    """A file spooled in ``staging_dir`` and uploaded to Swift by ``close()``.
+
+    ``write`` takes bytes or a readable file object (streamed).  ``sync()`` uploads now and
+    keeps the file open.  Leaving a ``with`` block through an exception, or ``discard()``,
+    drops what was written.  ``mtime_ns`` may be set before closing; ``entry`` is the new
+    Entry after an upload.  The spool file is removed in every case.
+    """
+
+    def __init__(self, store: CloudFileStorage, name: str, spool: str, mode: str, *, content_type: str,
+                 meta: Mapping[str, str], exclusive: bool, dirty: bool) -> None:
+        self._done = True
+        super().__init__(spool, mode)
+        self._store = store
+        self._object_name = name
+        self._spool = spool
+        self._content_type = content_type
+        self._meta = dict(meta)
+        self._exclusive = exclusive
+        self._dirty = dirty
+        self._done = False
+        self.mtime_ns: int | None = None
+        self.entry: Entry | None = None
+
+    @property
+    def object_name(self) -> str:
+        return self._object_name
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        """Write bytes, or everything a readable file object gives (in chunks); the count written."""
+        if hasattr(data, "read"):
+            total = 0
+            while True:
+                chunk = data.read(READ_CHUNK)
+                if not chunk:
+                    return total
+                total += self.write(chunk)
+        view = memoryview(data).cast("B")
+        total = len(view)
+        self._dirty = True
+        while view:
+            written = super().write(view)
+            if written is None:  # pragma: no cover - only for non-blocking fds
+                continue
+            view = view[written:]
+        return total
+
+    def truncate(self, size: int | None = None) -> int:
+        self._dirty = True
+        return super().truncate(size)
+
+    def sync(self) -> Entry | None:
+        """Upload the current content now (if changed) and keep the file open."""
+        if self._done:
+            raise ValueError("I/O operation on closed file")
+        if self._dirty:
+            self.flush()
+            self._upload()
+        return self.entry
+
+    def _upload(self) -> None:
+        self.entry = self._store._upload(self._spool, self._object_name, content_type=self._content_type,
+                                         mtime_ns=self.mtime_ns, meta=self._meta, exclusive=self._exclusive)
+        self._exclusive = False
+        self._dirty = False
+
+    def close(self) -> None:
+        """Upload (if anything changed since open or the last sync) and remove the spool file.
+
+        An upload error is raised from here; the spool file is removed in any case.
+        """
+        if self._done:
+            super().close()
+            return
+        self._done = True
+        try:
+            if not self.closed:
+                self.flush()
+            super().close()
+            if self._dirty:
+                self._upload()
+        finally:
+            self._remove_spool()
+
+    def discard(self) -> None:
+        """Drop what was written; the stored object stays as it was."""
+        if self._done:
+            return
+        self._done = True
+        with suppress(Exception):
+            super().close()
+        self._remove_spool()
+
+    def _remove_spool(self) -> None:
+        with suppress(FileNotFoundError):
+            os.unlink(self._spool)
+

@@ -1,0 +1,370 @@
+"""Large objects: Static Large Objects written from a local file (SegmentUploader) or while a
+file is being appended to (SegmentStream), segment naming, and reading manifests.
+
+Segments live in ``<container>_segments`` as ``<object>/<upload id>/<index:08d>`` (a hash of
+the object name instead when that would be too long).  Nothing is visible at the object's name
+before the manifest is written, and the segments of an upload that failed or was abandoned
+are deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+from swiftclient.utils import LengthWrapper
+
+from .. import Entry, Upload
+from .listing import strip_etag
+
+if TYPE_CHECKING:
+    from ..cloudfiles import CloudFileStorage
+
+log = logging.getLogger(__name__)
+
+#: Default size of SLO segments (objects larger than this are segmented).
+DEFAULT_SEGMENT_SIZE = 100 * 1048576
+#: Size of the reads a segment is sent in (and hashed as it goes).
+SEND_CHUNK = 1048576
+#: Size of the reads of a local file being hashed.
+HASH_CHUNK = 262144
+
+
+def _md5_range(path: str, start: int, length: int) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as source:
+        source.seek(start)
+        remaining = length
+        while remaining > 0:
+            chunk = source.read(min(HASH_CHUNK, remaining))
+            if not chunk:
+                raise OSError(errno.EIO, f"{path} shrank while being uploaded")
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+
+class _HashingBody(LengthWrapper):
+    """The bytes [start, start + length) of an open file, sent by swiftclient in 1 MiB reads
+    (its default file object path reads 16 KiB at a time), MD5-hashed on the way if hashing:
+    the caller compares ``md5`` with the ETag Swift returns.
+    """
+
+    def __init__(self, fd: int, start: int, length: int, hashing: bool = True) -> None:  # no file object
+        self._fd = fd
+        self._start = start
+        self._length = length
+        self._pos = 0
+        self._hashing = hashing
+        self.md5 = hashlib.md5(usedforsecurity=False)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int = -1) -> bytes:
+        remaining = self._length - self._pos
+        if remaining <= 0:
+            return b""
+        chunk = os.pread(self._fd, min(SEND_CHUNK, remaining), self._start + self._pos)
+        if not chunk:
+            raise OSError(errno.EIO, "the file shrank while being uploaded")
+        self._pos += len(chunk)
+        if self._hashing:
+            self.md5.update(chunk)
+        return chunk
+
+    def reset(self) -> None:  # type: ignore[override]  # swiftclient calls it before a retry
+        self._pos = 0
+        self.md5 = hashlib.md5(usedforsecurity=False)
+
+
+class _Segments:
+    """The names of one upload's segments: ``<name>/<upload id>/<index>`` in the segments
+    container (a hash instead of the name when that would be too long)."""
+
+    def __init__(self, store: CloudFileStorage, name: str, segment_size: int) -> None:
+        self.store = store
+        self.name = name
+        self.segment_size = segment_size
+        self.upload_id = uuid.uuid4().hex
+        self.base = name
+        if len(f"{name}/{self.upload_id}/00000000".encode()) > store.max_object_name_length:
+            self.base = hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+    def segment_name(self, index: int) -> str:
+        return f"{self.base}/{self.upload_id}/{index:08d}"
+
+
+class SegmentUploader(_Segments):
+    """The SLO segments of a complete local file, sent on the store's worker pool.
+
+    Segments are private (random names in the segments container) until the manifest is
+    written, so a failed upload changes nothing visible; its segments are deleted.
+    """
+
+    def __init__(self, store: CloudFileStorage, local_path: str, name: str, segment_size: int) -> None:
+        super().__init__(store, name, segment_size)
+        self.local_path = local_path
+        self.futures: list[Future[tuple[str, str, int]]] = []
+        self.sent = 0
+        self._fd: int | None = None
+
+    def send(self, end: int) -> None:
+        """Send bytes [0, end) as segments (each at most segment_size), in parallel."""
+        while self.sent < end:
+            if self._fd is None:
+                self._fd = os.open(self.local_path, os.O_RDONLY | os.O_CLOEXEC)
+            length = min(self.segment_size, end - self.sent)
+            future = self.store._executor().submit(self._put, len(self.futures), self.sent, length)
+            self.futures.append(future)
+            self.sent += length
+
+    def _put(self, index: int, start: int, length: int) -> tuple[str, str, int]:
+        assert self._fd is not None
+        self.store._ensure_segment_container()
+        segment = self.segment_name(index)
+        body = _HashingBody(self._fd, start, length, hashing=self.store.verify_segments)
+        etag = strip_etag(self.store._call("put_object", self.store.segment_container, segment, body,
+                                            content_length=length, content_type="application/octet-stream",
+                                            name=segment))
+        if self.store.verify_segments and etag != body.md5.hexdigest():
+            raise OSError(errno.EIO, f"Swift stored segment {segment} with ETag {etag}, sent {body.md5.hexdigest()}")
+        return segment, etag or "", length
+
+    def results(self) -> list[tuple[str, str, int]]:
+        """Wait for every segment sent; the first error is raised once all have ended."""
+        results = []
+        error: BaseException | None = None
+        for future in self.futures:
+            try:
+                results.append(future.result())
+            except BaseException as exc:  # noqa: B036 - re-raised after all ended
+                error = error or exc
+        if error is not None:
+            raise error
+        return results
+
+    def discard(self) -> None:
+        """Delete every segment sent (after they have all ended)."""
+        for future in self.futures:
+            with suppress(BaseException):
+                future.result()
+        self.close()
+        self.store._delete_segments([(self.store.segment_container, self.segment_name(index))
+                                     for index in range(len(self.futures))])
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+class SegmentStream(_Segments, Upload):
+    """A file streamed into SLO segments while it is being appended to, from memory.
+
+    ``offer``/``put`` queue the appended bytes (a window of ``window`` chunks, so memory
+    stays bounded and a fast writer waits for the network); one thread sends them as
+    chunked PUTs of at most segment_size each.  ``finish`` writes the manifest.  Nothing is
+    visible before that; a failed or abandoned stream's segments are deleted.
+    """
+
+    def __init__(self, store: CloudFileStorage, name: str, segment_size: int, window: int = 16) -> None:
+        super().__init__(store, name, segment_size)
+        #: The vfs streams a file only once it is larger than this (smaller files: one PUT).
+        self.begin_at = segment_size
+        self.accepted = 0
+        self.segments: list[tuple[str, str, int]] = []
+        self.error: BaseException | None = None
+        self.aborted = False
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=window)
+        self._thread: threading.Thread | None = None
+        self._ended = False
+        self._eof = False
+        #: The part of a queued chunk past the segment it was cut at (the next segment's start).
+        self._carry: memoryview | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise OSError(errno.EIO, f"upload of {self.name} failed: {self.error}")
+        if self.aborted:
+            raise OSError(errno.EIO, f"upload of {self.name} was abandoned")
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="goblinfs-stream", daemon=True)
+            self._thread.start()
+
+    def offer(self, data: bytes) -> bool:
+        self._check()
+        self._start()
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            return False
+        self.accepted += len(data)
+        return True
+
+    def put(self, data: bytes) -> None:
+        """Append data, waiting for room; returns only once the window is half empty again, so
+        a writer faster than Swift comes here (a thread hop) once per half window, not per write."""
+        self._check()
+        self._start()
+        self._queue.put(data)
+        self.accepted += len(data)
+        half = self._queue.maxsize // 2
+        with self._queue.not_full:  # the queue's own lock: qsize() would take it again
+            while len(self._queue.queue) > half and self.error is None and not self.aborted:
+                self._queue.not_full.wait(1.0)
+
+    def put_file(self, fd: int, length: int) -> None:
+        """Append bytes [0, length) of the open file fd (blocking)."""
+        offset = 0
+        while offset < length:
+            chunk = os.pread(fd, min(SEND_CHUNK, length - offset), offset)
+            if not chunk:
+                raise OSError(errno.EIO, "the staging file is shorter than expected")
+            self.put(chunk)
+            offset += len(chunk)
+
+    def _end(self) -> None:
+        if not self._ended and self._thread is not None:
+            self._ended = True
+            self._queue.put(None)
+
+    def _run(self) -> None:
+        """Cut the queued bytes into segments.  A segment's PUT waits for Swift's answer (the
+        object server's fsync) on a pool thread while the next segment is already sent."""
+        futures: list[Future[tuple[str, str, int]]] = []
+        try:
+            self.store._ensure_segment_container()
+            index = 0
+            while not self._eof:
+                first = self._carry if self._carry is not None else self._queue.get()
+                self._carry = None
+                if first is None:
+                    self._eof = True
+                    break
+                sent_all = threading.Event()
+                future = self.store._executor().submit(self._put_segment, index, first, sent_all)
+                future.add_done_callback(lambda _f, event=sent_all: event.set())
+                futures.append(future)
+                sent_all.wait()
+                if future.done() and future.exception() is not None:
+                    break
+                index += 1
+            self.segments = [future.result() for future in futures]
+        except BaseException as exc:
+            self.error = exc
+            if not self.aborted:
+                log.warning("streaming %s to Swift failed: %s", self.name, exc)
+            for future in futures:  # what was sent is deleted with the rest
+                with suppress(BaseException):
+                    self.segments.append(future.result())
+            # Keep taking what writers queue until the end marker, so none of them blocks.
+            while not self._eof and self._queue.get() is not None:
+                pass
+
+    def _put_segment(self, index: int, first: bytes | memoryview,
+                     sent_all: threading.Event) -> tuple[str, str, int]:
+        sent = 0
+
+        def body() -> Iterator[memoryview]:
+            nonlocal sent
+            view = memoryview(first)
+            try:
+                while True:
+                    if self.aborted:
+                        raise OSError(errno.ECANCELED, "upload abandoned")
+                    room = self.segment_size - sent
+                    if len(view) > room:
+                        self._carry = view[room:]
+                        view = view[:room]
+                    if len(view):
+                        sent += len(view)
+                        yield view
+                    if sent >= self.segment_size or self._carry is not None:
+                        return
+                    following = self._queue.get()
+                    if following is None:
+                        self._eof = True
+                        return
+                    view = memoryview(following)
+            finally:
+                sent_all.set()
+
+        segment = self.segment_name(index)
+        etag = self.store._put_chunked(self.store.segment_container, segment, body())
+        return segment, strip_etag(etag) or "", sent
+
+    def _wait(self) -> None:
+        self._end()
+        if self._thread is not None:
+            self._thread.join()
+
+    def finish(self, mtime_ns: int | None = None, new: bool = False) -> Entry:
+        """Send the rest and the manifest; the Entry of the stored file.  FileExistsError (with
+        new, when something appeared at the name) keeps the segments: call again without new."""
+        self._wait()
+        try:
+            self._check()
+            if sum(length for _, _, length in self.segments) != self.accepted:
+                raise OSError(errno.EIO, f"stream of {self.name} lost bytes")
+            return self.store._store_local(None, self.name, mtime_ns, new, stream=self)
+        except FileExistsError:
+            raise
+        except BaseException:
+            self.discard()
+            raise
+
+    def read_back(self, fd: int) -> int:
+        """Stop streaming: write every byte appended so far into fd from offset 0 (read from the
+        segments sent), delete the segments; the number of bytes."""
+        self._wait()
+        try:
+            self._check()
+            offset = 0
+            for segment, _etag, _length in self.segments:
+                _, body = self.store._call("get_object", self.store.segment_container, segment,
+                                           resp_chunk_size=SEND_CHUNK, name=segment)
+                for chunk in body:
+                    os.pwrite(fd, chunk, offset)
+                    offset += len(chunk)
+            if offset != self.accepted:
+                raise OSError(errno.EIO, f"read back {offset} of {self.accepted} bytes of {self.name}")
+            return offset
+        finally:
+            self.discard()
+
+    def abort(self) -> None:
+        """Give up without waiting; the segments sent are deleted in the background."""
+        if self.aborted:
+            return
+        self.aborted = True
+        if self._thread is None:
+            return
+
+        def cleanup() -> None:
+            self._wait()
+            self.discard()
+
+        threading.Thread(target=cleanup, name="goblinfs-abort-stream", daemon=True).start()
+
+    def discard(self) -> None:
+        segments, self.segments = self.segments, []
+        self.store._delete_segments([(self.store.segment_container, segment) for segment, _, _ in segments])
+
