@@ -48,6 +48,8 @@ class ErrorLog(logging.Handler):
         self._records: collections.deque[dict[str, Any]] = collections.deque(maxlen=capacity)
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < self.level:  # loggers check this; handle() called directly does not
+            return
         try:
             message = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:
