@@ -308,6 +308,26 @@ def test_status_when_the_daemon_died(tmp_path: Path) -> None:
     assert not is_mounted(mnt)
 
 
+@pytest.mark.fuse
+def test_status_when_the_daemon_does_not_answer(tmp_path: Path) -> None:
+    """A stopped (hung) daemon: the command gives up after --timeout with one line, not hang."""
+    config = write_local_config(tmp_path / "cfg")
+    mnt = tmp_path / "mnt"
+    with Mounted(config, mnt) as mounted:
+        assert mounted.proc is not None
+        os.listdir(mnt)
+        mounted.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            result = goblinfs("status", mnt, "--timeout", "2", timeout=60)
+            took = time.monotonic() - started
+        finally:
+            mounted.proc.send_signal(signal.SIGCONT)
+        assert_one_error_line(result, "did not answer in 2 s", str(mnt))
+        assert took < 30, took
+        os.listdir(mnt)  # serving again
+
+
 # ------------------------------------------------------------------ goblinfs gc
 
 
