@@ -263,7 +263,8 @@ def read_status(mountpoint: str, timeout: float = 10.0) -> dict[str, Any]:
         raise StatusUnavailable(f"the goblinfs daemon at {mountpoint} answered a status that is not JSON") from None
     if not isinstance(doc, dict):
         raise StatusUnavailable(f"the goblinfs daemon at {mountpoint} answered a status that is not a JSON object")
-    doc.setdefault("mountpoint", mountpoint)  # the daemon may not know the path it is mounted at
+    if "mountpoint" not in doc:  # the daemon may not know the path it is mounted at
+        doc = {"mountpoint": mountpoint, **doc}
     return doc
 
 
