@@ -192,7 +192,7 @@ def _enclosing_mount(path: str) -> tuple[str, str] | None:
     real = os.path.realpath(path)
     best: tuple[str, str] | None = None
     try:
-        with open("/proc/self/mountinfo") as f:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
                 fields = line.split()
                 if "-" not in fields:
