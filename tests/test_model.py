@@ -1,0 +1,1188 @@
+"""Model-based tests of the semantics layer (``goblinfs.vfs.Vfs``) with hypothesis.
+
+Random sequences of create/open (O_TRUNC, O_APPEND, read-only/write-only/read-write), writes at
+offsets, truncates (with and without a handle), reads, flush, fsync, close, release, rename,
+unlink and forget, over several handles and three names, are run against a real ``Vfs`` (on a
+local directory and on the real Swift, 64 KiB segments so SLOs and streaming run) and checked
+against a small in-memory model of the contract:
+
+* Through the mount every read sees the latest writes of any handle to that file (one shared
+  content per file), short only at the end of the file.
+* Durable close (Swift): after flush (close) or fsync returns on a writable handle the store,
+  read directly, holds exactly the file's current content -- except when the only change since
+  the last publication is the O_TRUNC of an open: flush leaves the old object alone (dd, shell
+  redirections); fsync, or the release of the last writable handle, publishes it.  After the
+  release of the last handle the store holds the file's content.
+* Old-or-new: the store holds the last published content, or (where the model allows it) a
+  newer complete content; never a partial, empty or truncated version that was not published.
+* unlink removes the name while open handles keep their data; rename moves the content;
+  O_APPEND writes go at the end.
+* Local store: writes go straight into the backing file, so the store always equals the content.
+
+The hypothesis engine runs in a worker thread; every vfs call is sent to the test's trio loop
+with ``trio.from_thread.run``.  ``GOBLINFS_HYPOTHESIS_EXAMPLES=N`` runs N examples per machine
+(``GOBLINFS_HYPOTHESIS_STEPS``, ``GOBLINFS_HYPOTHESIS_SHRINK=1`` too).  The minimal sequences
+hypothesis found are kept below as plain regression tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import errno
+import functools
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+from hypothesis import HealthCheck, Phase, note, settings
+from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.errors import UnsatisfiedAssumption
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from goblinfs.storage.filestorage import BasicFileStorage
+from goblinfs.vfs import ROOT_INO, Options, StoreMount, Vfs
+from goblinfs.workbench import ReadCache
+
+from .conftest import drop_container, make_cloud_storage
+
+T = TypeVar("T")
+
+NAMES = ("a.txt", "b.txt", "c.txt")
+SEGMENT_SIZE = 65536
+#: Bytes written are slices of this (distinct enough that a shifted or stale slice shows).
+PATTERN = random.Random(20261201).randbytes(1 << 18)
+
+TRUNC_ONLY = "only"  # the only change since the last publication is an open's O_TRUNC
+TRUNC_MAYBE = "maybe"  # an O_TRUNC on top of unpublished changes: flush may or may not publish
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+def _settings(default_examples: int, default_steps: int) -> settings:
+    phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+    if os.environ.get("GOBLINFS_HYPOTHESIS_SHRINK", "") not in ("", "0"):
+        phases.append(Phase.shrink)
+    return settings(
+        max_examples=_env_int("GOBLINFS_HYPOTHESIS_EXAMPLES", default_examples),
+        stateful_step_count=_env_int("GOBLINFS_HYPOTHESIS_STEPS", default_steps),
+        deadline=None,
+        phases=phases,
+        suppress_health_check=list(HealthCheck),
+        # Outside the working tree: failures found are replayed first next time.
+        database=DirectoryBasedExampleDatabase(os.path.join(tempfile.gettempdir(), "goblinfs-hypothesis")),
+        print_blob=True,
+    )
+
+
+def data_of(length: int, seed: int) -> bytes:
+    start = (seed * 9973) % (len(PATTERN) - length)
+    return PATTERN[start:start + length]
+
+
+def _dedupe(values: list[T]) -> list[T]:
+    out: list[T] = []
+    for value in values:
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def _write_into(content: bytes, offset: int, data: bytes) -> bytes:
+    if offset > len(content):
+        content = content + b"\0" * (offset - len(content))
+    return content[:offset] + data + content[offset + len(data):]
+
+
+def _resize(content: bytes, size: int) -> bytes:
+    return content[:size] + b"\0" * max(0, size - len(content))
+
+
+def _short(value: bytes | None) -> str:
+    if value is None:
+        return "absent"
+    if len(value) > 24:
+        return f"{len(value)}B:{value[:12].hex()}..{value[-6:].hex()}"
+    return f"{len(value)}B:{value.hex()}"
+
+
+# ---------------------------------------------------------------------------------------- the model
+
+
+@dataclass
+class MFile:
+    fid: int
+    #: What the mount may show (one candidate without faults or races).
+    contents: list[bytes]
+    name: str | None
+    #: Changed since its last (mandatory) publication.
+    dirty: bool = False
+    trunc: str | None = None
+
+
+@dataclass
+class MHandle:
+    hid: int
+    fid: int
+    readable: bool
+    writable: bool
+    append: bool
+    fh: int = 0
+    ino: int = 0
+
+    def __repr__(self) -> str:
+        mode = ("r" if self.readable else "") + ("w" if self.writable else "") + ("a" if self.append else "")
+        return f"h{self.hid}({mode})"
+
+
+@dataclass
+class Model:
+    """The contract, as state: mount contents, what the store may hold, who is open."""
+
+    local: bool
+    files: dict[int, MFile] = field(default_factory=dict)
+    names: dict[str, int] = field(default_factory=dict)
+    #: Swift: the contents each name may hold in the store (None: no object).
+    store: dict[str, list[bytes | None]] = field(default_factory=lambda: {n: [None] for n in NAMES})
+    handles: dict[int, MHandle] = field(default_factory=dict)
+    #: Names whose store content must equal the mount content now (a mandatory publication).
+    narrow: set[str] = field(default_factory=set)
+    #: Faults may be pending: release swallows a failed upload, so it publishes nothing for sure.
+    faults: bool = False
+    next_fid: int = 0
+    next_hid: int = 0
+
+    def clone(self) -> Model:
+        return copy.deepcopy(self)
+
+    # -- queries
+
+    def file(self, name: str) -> MFile | None:
+        fid = self.names.get(name)
+        return self.files[fid] if fid is not None else None
+
+    def writers(self, f: MFile) -> int:
+        return sum(1 for h in self.handles.values() if h.fid == f.fid and h.writable)
+
+    def opened(self, f: MFile) -> int:
+        return sum(1 for h in self.handles.values() if h.fid == f.fid)
+
+    # -- publication
+
+    def publish(self, f: MFile, mandatory: bool) -> None:
+        if self.local:
+            return
+        if mandatory:
+            f.dirty = False
+            f.trunc = None
+        if f.name is None:
+            return
+        if mandatory:
+            self.store[f.name] = list(_dedupe(list(f.contents)))
+            self.narrow.add(f.name)
+        else:
+            self.store[f.name] = _dedupe(self.store[f.name] + list(f.contents))
+
+    def changed(self, f: MFile) -> None:
+        f.dirty = True
+        f.trunc = None
+        if f.name is not None:
+            self.narrow.discard(f.name)
+
+    # -- operations (called once the vfs call succeeded)
+
+    def new_handle(self, fid: int, readable: bool, writable: bool, append: bool) -> MHandle:
+        handle = MHandle(self.next_hid, fid, readable, writable, append)
+        self.next_hid += 1
+        self.handles[handle.hid] = handle
+        return handle
+
+    def create(self, name: str, readable: bool, append: bool) -> MHandle:
+        f = MFile(self.next_fid, [b""], name, dirty=True)
+        self.next_fid += 1
+        self.files[f.fid] = f
+        self.names[name] = f.fid
+        self.narrow.discard(name)
+        return self.new_handle(f.fid, readable, True, append)
+
+    def open(self, name: str, readable: bool, writable: bool, append: bool, trunc: bool) -> MHandle:
+        f = self.file(name)
+        assert f is not None
+        if trunc:
+            was_clean = not f.dirty or f.trunc == TRUNC_ONLY
+            self.changed(f)
+            f.contents = [b""]
+            f.trunc = TRUNC_ONLY if was_clean else TRUNC_MAYBE
+        return self.new_handle(f.fid, readable, writable, append)
+
+    def write(self, h: MHandle, offset: int, data: bytes) -> None:
+        f = self.files[h.fid]
+        f.contents = _dedupe([_write_into(c, len(c) if h.append else offset, data) for c in f.contents])
+        self.changed(f)
+
+    def read(self, h: MHandle, offset: int, size: int) -> list[bytes]:
+        return _dedupe([c[offset:offset + size] for c in self.files[h.fid].contents])
+
+    def saw(self, f: MFile, keep: Callable[[bytes], bool]) -> bool:
+        """Keep the candidates consistent with an observation; False if none is."""
+        kept = [c for c in f.contents if keep(c)]
+        if not kept:
+            return False
+        f.contents = kept
+        return True
+
+    def truncate(self, f: MFile, size: int) -> None:
+        f.contents = _dedupe([_resize(c, size) for c in f.contents])
+        self.changed(f)
+        if self.writers(f) == 0:
+            # truncate(2) of a file nobody writes is a complete operation: durable now if
+            # nothing is open, at the latest at the last release otherwise.
+            self.publish(f, mandatory=self.opened(f) == 0)
+
+    def flush(self, h: MHandle) -> None:
+        f = self.files[h.fid]
+        if not f.dirty:
+            return
+        if h.writable and f.trunc is None:
+            self.publish(f, mandatory=True)
+        elif f.trunc != TRUNC_ONLY:
+            self.publish(f, mandatory=False)
+
+    def fsync(self, h: MHandle) -> None:
+        f = self.files[h.fid]
+        if f.dirty:
+            self.publish(f, mandatory=h.writable)
+
+    def release(self, h: MHandle) -> None:
+        del self.handles[h.hid]
+        f = self.files[h.fid]
+        last = self.opened(f) == 0 or (h.writable and self.writers(f) == 0)
+        if f.dirty:
+            if last:
+                self.publish(f, mandatory=not self.faults)
+            elif f.trunc != TRUNC_ONLY:
+                self.publish(f, mandatory=False)
+        self._maybe_drop(f)
+
+    def _maybe_drop(self, f: MFile) -> None:
+        if f.name is None and self.opened(f) == 0:
+            del self.files[f.fid]
+
+    def unlink(self, name: str) -> None:
+        f = self.file(name)
+        assert f is not None
+        del self.names[name]
+        f.name = None
+        self.store[name] = [None]
+        self.narrow.discard(name)
+        self._maybe_drop(f)
+
+    def rename(self, src: str, dst: str) -> None:
+        if src == dst:
+            return
+        f = self.file(src)
+        assert f is not None
+        old = self.file(dst)
+        if old is not None:
+            old.name = None
+            self._maybe_drop(old)
+        del self.names[src]
+        self.names[dst] = f.fid
+        f.name = dst
+        moved = self.store[src] + (list(f.contents) if f.dirty else [])
+        self.store[dst] = _dedupe(moved)
+        self.store[src] = [None]
+        if src in self.narrow:
+            self.narrow.add(dst)
+        else:
+            self.narrow.discard(dst)
+        self.narrow.discard(src)
+
+    def failed(self, f: MFile | None, before: list[bytes], stream: bool) -> None:
+        """An operation on f failed (faults): the mount shows the content before or after it,
+        or -- a failed streaming upload loses its bytes -- what the store holds; the store may
+        hold any of them."""
+        if f is None:
+            return
+        options = list(before) + list(f.contents)
+        if stream and f.name is not None:
+            options += [c or b"" for c in self.store[f.name]]
+        f.contents = _dedupe(options)
+        f.dirty = True
+        if f.name is not None:
+            self.store[f.name] = _dedupe(self.store[f.name] + list(f.contents))
+            self.narrow.discard(f.name)
+
+    @staticmethod
+    def merge(states: list[Model]) -> Model:
+        """One model allowing what any of the given serialisations allows."""
+        merged = states[0].clone()
+        for other in states[1:]:
+            for fid, f in merged.files.items():
+                g = other.files.get(fid)
+                if g is None:
+                    continue
+                f.contents = _dedupe(f.contents + g.contents)
+                f.dirty = f.dirty or g.dirty
+                if f.trunc != g.trunc:
+                    f.trunc = TRUNC_MAYBE
+            for name in NAMES:
+                merged.store[name] = _dedupe(merged.store[name] + other.store[name])
+            merged.narrow &= other.narrow
+        return merged
+
+
+# ---------------------------------------------------------------------------------------- the runner
+
+
+@dataclass
+class Context:
+    """What a machine needs: the store, how to read it directly, the trio loop to call into."""
+
+    kind: str
+    storage: Any
+    #: Reads the store behind the vfs's back (Swift: not through any fault proxy).
+    direct: Any
+    workdir: Path
+    token: trio.lowlevel.TrioToken | None = None
+    nursery: trio.Nursery | None = None
+    cache: ReadCache | None = None
+    proxy: Any = None
+    examples: int = 0
+    steps: int = 0
+    failures_injected: int = 0
+    errors_seen: int = 0
+    rules: Counter[str] = field(default_factory=Counter)
+
+
+class OpFailed(Exception):
+    """A vfs call failed with an OSError while faults were allowed."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
+
+OFFSET_KINDS = ("start", "inside", "end", "past")
+SIZE_KINDS = ("zero", "shrink", "grow", "big")
+lengths = st.one_of(st.integers(1, 300), st.integers(1, 300), st.integers(20000, 70000))
+
+
+def _offset(kind: str, pos: int, length: int) -> int:
+    if kind == "start":
+        return 0
+    if kind == "inside":
+        return pos % (length + 1)
+    if kind == "end":
+        return length
+    return length + 1 + pos % 3000
+
+
+def _size(kind: str, pos: int, length: int) -> int:
+    if kind == "zero":
+        return 0
+    if kind == "shrink":
+        return pos % (length + 1)
+    if kind == "grow":
+        return length + 1 + pos % 3000
+    return SEGMENT_SIZE + pos % 70000
+
+
+class VfsMachine(RuleBasedStateMachine):
+    """One Vfs per example, its files in a fresh directory of the store."""
+
+    ctx: Context  # set by the factory
+
+    def __init__(self) -> None:
+        super().__init__()
+        ctx = self.ctx
+        ctx.examples += 1
+        self.model = Model(local=ctx.kind == "local")
+        self.model.faults = ctx.proxy is not None
+        self.broken = False
+        self.lookups: dict[int, int] = {}
+        #: Names the model no longer follows (after a failed, half-done Swift rename).
+        self.unknown: set[str] = set()
+        #: Names a step may have changed in the store (checked after it; all of them every few steps).
+        self.touched: set[str] = set(NAMES)
+        self.dirname = f"m{uuid.uuid4().hex[:10]}"
+        options = Options(staging_dir=str(ctx.workdir / "staging"), op_timeout=30.0)
+        os.makedirs(options.staging_dir, exist_ok=True)
+        self.vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
+        self.vfs.nursery = ctx.nursery
+        self.dir_ino = self.call(self._setup_dir)
+
+    # -- plumbing
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return trio.from_thread.run(fn, *args, trio_token=self.ctx.token)
+
+    def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return trio.from_thread.run_sync(fn, *args, trio_token=self.ctx.token)
+
+    async def _setup_dir(self) -> int:
+        public = await self.vfs.lookup(ROOT_INO, b"public")
+        node = await self.vfs.mkdir(public.ino, self.dirname.encode())
+        return node.ino
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """A rule's body: if it fails, the model is out of step (teardown checks nothing more)."""
+        self.ctx.steps += 1
+        self.ctx.rules[sys._getframe(2).f_code.co_name.replace("close_handle", "close")] += 1
+        self.broken = True
+        try:
+            yield
+        except UnsatisfiedAssumption:
+            self.ctx.steps -= 1
+            self.broken = False
+            raise
+        self.broken = False
+
+    def attempt(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run a vfs call; an OSError is a failure, unless faults may be pending (OpFailed)."""
+        try:
+            return self.call(fn, *args)
+        except OSError as exc:
+            if self.model.faults:
+                self.ctx.errors_seen += 1
+                raise OpFailed(exc) from exc
+            raise
+
+    def expect_error(self, code: int, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """The call must fail with errno code (or, while faults may be pending, EIO)."""
+        with pytest.raises(OSError) as exc:
+            self.call(fn, *args)
+        allowed = {code, errno.EIO} if self.model.faults else {code}
+        assert exc.value.errno in allowed, f"expected {errno.errorcode[code]}, got {exc.value!r}"
+
+    def lose(self, *names: str) -> None:
+        for name in names:
+            self.unknown.add(name)
+            f = self.model.file(name)
+            if f is not None:
+                del self.model.names[name]
+                f.name = None
+            self.model.narrow.discard(name)
+
+    def path(self, name: str) -> list[str]:
+        return [self.dirname, name]
+
+    def read_store(self, name: str) -> bytes | None:
+        try:
+            return bytes(self.ctx.direct.read_range(self.path(name), 0, 1 << 24))
+        except FileNotFoundError:
+            return None
+
+    async def _lookup(self, name: str) -> int:
+        node = await self.vfs.lookup(self.dir_ino, name.encode())
+        self.lookups[node.ino] = self.lookups.get(node.ino, 0) + 1
+        return node.ino
+
+    async def _open(self, name: str, flags: int) -> tuple[int, int]:
+        ino = await self._lookup(name)
+        handle = await self.vfs.open(ino, flags)
+        return handle.fh, ino
+
+    async def _create(self, name: str, flags: int) -> tuple[int, int]:
+        handle, node = await self.vfs.create(self.dir_ino, name.encode(), flags)
+        self.lookups[node.ino] = self.lookups.get(node.ino, 0) + 1
+        return handle.fh, node.ino
+
+    async def _read(self, fh: int, offset: int, size: int) -> bytes:
+        return bytes(await self.vfs.read(fh, offset, size))
+
+    async def _close(self, fh: int) -> None:
+        try:
+            await self.vfs.flush(fh)
+        finally:
+            await self.vfs.release(fh)
+
+    async def _truncate_path(self, name: str, size: int) -> None:
+        ino = await self._lookup(name)
+        await self.vfs.setattr(ino, size=size)
+
+    # -- choosing handles and names (no assume(): a rejected step would reject the whole example)
+
+    def pick(self, which: int, want: Callable[[MHandle], bool] = lambda h: True) -> MHandle | None:
+        """The which-th live handle that fits (None if none does: the step does nothing)."""
+        fitting = [h for h in self.model.handles.values() if want(h)]
+        if not fitting:
+            return None
+        h = fitting[which % len(fitting)]
+        f = self.model.files[h.fid]
+        note(f"  -> {h} on {f.name or '(unlinked)'}")
+        return h
+
+    def touch(self, *names: str | None) -> None:
+        self.touched.update(n for n in names if n is not None)
+
+    def has_handles(self) -> bool:
+        return bool(self.model.handles)
+
+    def has_writable(self) -> bool:
+        return any(h.writable for h in self.model.handles.values())
+
+    def has_readable(self) -> bool:
+        return any(h.readable for h in self.model.handles.values())
+
+    # -- rules
+
+    @precondition(lambda self: bool(self.model.names))
+    @rule(op=st.sampled_from(["truncate", "unlink", "rename", "forget"]), name=st.sampled_from(NAMES),
+          other=st.sampled_from(NAMES), kind=st.sampled_from(SIZE_KINDS), pos=st.integers(0, 1 << 20))
+    def by_name(self, op: str, name: str, other: str, kind: str, pos: int) -> None:
+        """What is done to a name: truncate(name), unlink(name), rename(name, other), forget."""
+        if op == "truncate":
+            self.truncate(name, kind, pos)
+        elif op == "unlink":
+            self.unlink(name)
+        elif op == "rename":
+            self.rename(name, other)
+        else:
+            self.forget(name)
+
+    def create(self, name: str, rdwr: bool, append: bool, excl: bool) -> None:
+        """creat(2) / open(O_CREAT) of a name the kernel thinks is absent."""
+        if name in self.unknown:
+            return
+        with self.step():
+            self.touch(name)
+            flags = (os.O_RDWR if rdwr else os.O_WRONLY) | os.O_CREAT | (os.O_APPEND if append else 0)
+            if self.model.file(name) is not None:
+                # The kernel sends create only for a name it thinks absent; with O_EXCL it must fail.
+                self.expect_error(errno.EEXIST, self._create, name, flags | os.O_EXCL)
+                return
+            try:
+                fh, ino = self.attempt(self._create, name, flags | (os.O_EXCL if excl else 0))
+            except OpFailed:
+                return
+            h = self.model.create(name, rdwr, append)
+            h.fh, h.ino = fh, ino
+            note(f"  -> {h}")
+
+    @rule(name=st.sampled_from(NAMES), access=st.sampled_from(["r", "w", "rw"]), trunc=st.booleans(),
+          append=st.booleans(), creat=st.booleans(), excl=st.booleans())
+    def open(self, name: str, access: str, trunc: bool, append: bool, creat: bool, excl: bool) -> None:
+        """open(2).  Writable on a missing name (or O_CREAT|O_EXCL): a create, what the kernel
+        sends for O_CREAT then; read-only on a missing name: ENOENT."""
+        if name in self.unknown:
+            return
+        if access != "r" and (self.model.file(name) is None or creat and excl):
+            self.create(name, access == "rw", append, excl)
+            return
+        with self.step():
+            self.touch(name)
+            readable, writable = "r" in access, "w" in access
+            trunc = trunc and writable
+            flags = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR}[access]
+            flags |= (os.O_TRUNC if trunc else 0) | (os.O_APPEND if append else 0)
+            f = self.model.file(name)
+            if f is None:
+                self.expect_error(errno.ENOENT, self._open, name, flags)
+                return
+            before = list(f.contents)
+            try:
+                fh, ino = self.attempt(self._open, name, flags)
+            except OpFailed:
+                self.model.failed(f, before, stream=writable)
+                return
+            h = self.model.open(name, readable, writable, append, trunc)
+            h.fh, h.ino = fh, ino
+            note(f"  -> {h}")
+
+    @precondition(has_writable)
+    @rule(which=st.integers(0, 255), where=st.sampled_from(OFFSET_KINDS), pos=st.integers(0, 1 << 20),
+          length=lengths, seed=st.integers(0, 255))
+    def write(self, which: int, where: str, pos: int, length: int, seed: int) -> None:
+        h = self.pick(which, lambda h: h.writable)
+        if h is None:
+            return
+        with self.step():
+            f = self.model.files[h.fid]
+            self.touch(f.name)
+            offset = _offset(where, pos, len(f.contents[0]))
+            data = data_of(length, seed)
+            before = list(f.contents)
+            try:
+                written = self.attempt(self.vfs.write, h.fh, offset, data)
+            except OpFailed:
+                self.model.failed(f, before, stream=True)
+                return
+            assert written == len(data)
+            self.model.write(h, offset, data)
+
+    @precondition(has_readable)
+    @rule(which=st.integers(0, 255), where=st.sampled_from(OFFSET_KINDS), pos=st.integers(0, 1 << 20),
+          size=st.one_of(st.integers(1, 4096), st.just(1 << 20)))
+    def read(self, which: int, where: str, pos: int, size: int) -> None:
+        h = self.pick(which, lambda h: h.readable)
+        if h is None:
+            return
+        with self.step():
+            f = self.model.files[h.fid]
+            self.touch(f.name)
+            offset = _offset(where, pos, len(f.contents[0]))
+            before = list(f.contents)
+            try:
+                got = self.attempt(self._read, h.fh, offset, size)
+            except OpFailed:
+                self.model.failed(f, before, stream=True)
+                return
+            expected = self.model.read(h, offset, size)
+            ok = self.model.saw(f, lambda c: c[offset:offset + size] == got)
+            assert ok, (f"read({h}, {offset}, {size}) of file {f.name or '(unlinked)'} gave {_short(got)}; "
+                        f"the model allows {[_short(e) for e in expected]}")
+
+    @precondition(has_handles)
+    @rule(which=st.integers(0, 255))
+    def stat(self, which: int) -> None:
+        h = self.pick(which)
+        if h is None:
+            return
+        with self.step():
+            f = self.model.files[h.fid]
+            try:
+                attr = self.attempt(self.vfs.getattr, h.ino)
+            except OpFailed:
+                return
+            ok = self.model.saw(f, lambda c: len(c) == attr.size)
+            assert ok, f"getattr via {h}: size {attr.size}, the model allows {sorted({len(c) for c in f.contents})}"
+
+    @precondition(has_writable)
+    @rule(which=st.integers(0, 255), kind=st.sampled_from(SIZE_KINDS), pos=st.integers(0, 1 << 20))
+    def ftruncate(self, which: int, kind: str, pos: int) -> None:
+        h = self.pick(which, lambda h: h.writable)
+        if h is None:
+            return
+        with self.step():
+            f = self.model.files[h.fid]
+            self.touch(f.name)
+            size = _size(kind, pos, len(f.contents[0]))
+            before = list(f.contents)
+            try:
+                self.attempt(functools.partial(self.vfs.setattr, h.ino, size=size, fh=h.fh))
+            except OpFailed:
+                self.model.truncate(f, size)
+                self.model.failed(f, before, stream=True)
+                return
+            self.model.truncate(f, size)
+
+    def truncate(self, name: str, kind: str, pos: int) -> None:
+        """truncate(2) by name, with or without handles open."""
+        if name in self.unknown:
+            return
+        with self.step():
+            self.touch(name)
+            f = self.model.file(name)
+            if f is None:
+                self.expect_error(errno.ENOENT, self._truncate_path, name, 0)
+                return
+            size = _size(kind, pos, len(f.contents[0]))
+            before = list(f.contents)
+            try:
+                self.attempt(self._truncate_path, name, size)
+            except OpFailed:
+                self.model.truncate(f, size)
+                self.model.failed(f, before, stream=True)
+                return
+            self.model.truncate(f, size)
+
+    @precondition(has_handles)
+    @rule(which=st.integers(0, 255))
+    def flush(self, which: int) -> None:
+        """close(2) of a dup'd descriptor: flush without release."""
+        h = self.pick(which)
+        if h is None:
+            return
+        with self.step():
+            f = self.model.files[h.fid]
+            self.touch(f.name)
+            before = list(f.contents)
+            try:
+                self.attempt(self.vfs.flush, h.fh)
+            except OpFailed:
+                self.model.failed(f, before, stream=True)
+                return
+            self.model.flush(h)
+
+    @precondition(has_handles)
+    @rule(which=st.integers(0, 255), datasync=st.booleans())
+    def fsync(self, which: int, datasync: bool) -> None:
+        h = self.pick(which)
+        if h is None:
+            return
+        with self.step():
+            f = self.model.files[h.fid]
+            self.touch(f.name)
+            before = list(f.contents)
+            try:
+                self.attempt(self.vfs.fsync, h.fh, datasync)
+            except OpFailed:
+                self.model.failed(f, before, stream=True)
+                return
+            self.model.fsync(h)
+
+    @precondition(has_handles)
+    @rule(which=st.integers(0, 255))
+    def close(self, which: int) -> None:
+        """close(2) of the last descriptor: flush, then release."""
+        h = self.pick(which)
+        if h is not None:
+            self.close_handle(h)
+
+    def close_handle(self, h: MHandle) -> None:
+        with self.step():
+            f = self.model.files[h.fid]
+            self.touch(f.name)
+            before = list(f.contents)
+            try:
+                self.attempt(self.vfs.flush, h.fh)
+            except OpFailed:
+                self.model.failed(f, before, stream=True)
+            else:
+                self.model.flush(h)
+            self.call(self.vfs.release, h.fh)  # release reports nothing: its errors are logged
+            self.model.release(h)
+
+    @precondition(has_handles)
+    @rule(which=st.integers(0, 255))
+    def release(self, which: int) -> None:
+        """A release without a flush just before (the flush came with an earlier close, e.g. mmap)."""
+        h = self.pick(which)
+        if h is None:
+            return
+        with self.step():
+            self.touch(self.model.files[h.fid].name)
+            self.call(self.vfs.release, h.fh)
+            self.model.release(h)
+
+    def unlink(self, name: str) -> None:
+        if name in self.unknown:
+            return
+        with self.step():
+            self.touch(name)
+            f = self.model.file(name)
+            if f is None:
+                self.expect_error(errno.ENOENT, self.vfs.unlink, self.dir_ino, name.encode())
+                return
+            try:
+                self.attempt(self.vfs.unlink, self.dir_ino, name.encode())
+            except OpFailed:
+                self.model.failed(f, list(f.contents), stream=False)
+                self.model.store[name] = _dedupe(self.model.store[name] + [None])
+                return
+            self.model.unlink(name)
+            self.expect_error(errno.ENOENT, self._lookup, name)
+
+    def rename(self, src: str, dst: str) -> None:
+        if src in self.unknown or dst in self.unknown:
+            return
+        with self.step():
+            self.touch(src, dst)
+            f = self.model.file(src)
+            if f is None:
+                self.expect_error(errno.ENOENT, self.vfs.rename, self.dir_ino, src.encode(), self.dir_ino,
+                                  dst.encode())
+                return
+            try:
+                self.attempt(self.vfs.rename, self.dir_ino, src.encode(), self.dir_ino, dst.encode())
+            except OpFailed:
+                # Swift renames are a copy and a delete, not atomic: either name may now hold
+                # the object, and the mount may show either.  The model stops following both
+                # names; the open handles of the files keep being checked.
+                self.model.failed(f, list(f.contents), stream=False)
+                self.lose(src, dst)
+                return
+            self.model.rename(src, dst)
+
+    def forget(self, name: str) -> None:
+        """The kernel drops its references to a closed file's inode."""
+        f = self.model.file(name)
+        if name in self.unknown or f is None or self.model.opened(f):
+            return
+        with self.step():
+            try:
+                ino = self.attempt(self._lookup, name)
+            except OpFailed:
+                return
+            count = self.lookups.pop(ino, 0)
+            self.call_sync(self.vfs.forget, [(ino, count)])
+
+    # -- concurrency: two operations on two handles at once must equal one of their orders
+
+    @precondition(lambda self: not self.model.faults and len(self.model.handles) >= 2)
+    @rule(a=st.integers(0, 255), b=st.integers(0, 255),
+          op_a=st.sampled_from(["read", "write", "flush", "fsync", "close", "ftruncate"]),
+          op_b=st.sampled_from(["read", "write", "flush", "fsync", "close", "ftruncate"]),
+          pos=st.integers(0, 1 << 20), length=lengths, seed=st.integers(0, 255))
+    def concurrently(self, a: int, b: int, op_a: str, op_b: str, pos: int, length: int, seed: int) -> None:
+        def able(op: str) -> Callable[[MHandle], bool]:
+            if op == "read":
+                return lambda h: h.readable
+            if op in ("write", "ftruncate"):
+                return lambda h: h.writable
+            return lambda h: True
+        ha = self.pick(a, able(op_a))
+        hb = self.pick(b, lambda h: able(op_b)(h) and h is not ha)
+        if ha is None or hb is None:
+            return
+        with self.step():
+            self.touch(self.model.files[ha.fid].name, self.model.files[hb.fid].name)
+            plan = [self._plan(ha, op_a, pos, length, seed),
+                    self._plan(hb, op_b, pos // 2, length // 2 + 1, seed + 1)]
+
+            async def both() -> list[Any]:
+                results: list[Any] = [None, None]
+
+                async def one(i: int) -> None:
+                    results[i] = await plan[i][0]()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(one, 0)
+                    nursery.start_soon(one, 1)
+                return results
+
+            got = self.call(both)
+            states = []
+            for order in ((0, 1), (1, 0)):
+                model = self.model.clone()
+                ok = True
+                for i in order:
+                    ok = plan[i][1](model, got[i]) and ok
+                if ok:
+                    states.append(model)
+            shown = [_short(g) if isinstance(g, bytes) else g for g in got]
+            assert states, f"{op_a}({ha}) with {op_b}({hb}) at once gave {shown}: matches neither order"
+            self.model = Model.merge(states)
+
+    def _plan(self, h: MHandle, op: str, pos: int, length: int,
+              seed: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[Model, Any], bool]]:
+        """(the vfs call, how a model applies it and checks its result)."""
+        vfs = self.vfs
+        f = self.model.files[h.fid]
+        if op == "read":
+            offset = _offset("inside", pos, len(f.contents[0]))
+
+            def check_read(m: Model, got: bytes) -> bool:
+                return m.saw(m.files[h.fid], lambda c: c[offset:offset + 65536] == got)
+            return functools.partial(self._read, h.fh, offset, 65536), check_read
+        if op == "write":
+            offset = _offset("inside", pos, len(f.contents[0]))
+            data = data_of(length, seed)
+
+            def apply_write(m: Model, got: int) -> bool:
+                m.write(m.handles[h.hid], offset, data)
+                return got == len(data)
+            return functools.partial(vfs.write, h.fh, offset, data), apply_write
+        if op == "ftruncate":
+            size = _size("shrink" if pos % 2 else "grow", pos, len(f.contents[0]))
+
+            def apply_truncate(m: Model, got: Any) -> bool:
+                m.truncate(m.files[h.fid], size)
+                return True
+            return functools.partial(vfs.setattr, h.ino, size=size, fh=h.fh), apply_truncate
+
+        def apply(m: Model, got: Any) -> bool:
+            handle = m.handles[h.hid]
+            if op == "flush":
+                m.flush(handle)
+            elif op == "fsync":
+                m.fsync(handle)
+            else:
+                m.flush(handle)
+                m.release(handle)
+            return True
+        if op == "flush":
+            return functools.partial(vfs.flush, h.fh), apply
+        if op == "fsync":
+            return functools.partial(vfs.fsync, h.fh, False), apply
+        return functools.partial(self._close, h.fh), apply
+
+    # -- faults
+
+    @precondition(lambda self: self.ctx.proxy is not None)
+    @rule(method=st.sampled_from([None, "GET", "PUT", "HEAD", "DELETE", "COPY", "POST"]),
+          action=st.sampled_from(["status", "drop", "reset", "truncate"]), times=st.integers(1, 3),
+          status=st.sampled_from([500, 503]), after_bytes=st.integers(0, 3000), mine=st.booleans())
+    def inject_fault(self, method: str | None, action: str, times: int, status: int, after_bytes: int,
+                     mine: bool) -> None:
+        with self.step():
+            if action == "truncate":
+                method = "GET"
+            path = re.escape(self.dirname) if mine else None
+            self.ctx.proxy.add_rule(method=method, path=path, action=action, status=status, times=times,
+                                    after_bytes=after_bytes)
+            self.ctx.failures_injected += 1
+
+    # -- the store, read directly
+
+    @invariant()
+    def store_holds_old_or_new(self) -> None:
+        if self.broken:
+            return
+        self.broken = True  # a failure here must not be hidden by teardown's checks
+        self._check_store()
+        self.broken = False
+
+    def _check_store(self, every: bool = False) -> None:
+        model = self.model
+        if every or self.ctx.steps % 5 == 0:
+            self.touched.update(NAMES)
+        names, self.touched = sorted(self.touched), set()
+        for name in names:
+            if name in self.unknown:
+                continue
+            got = self.read_store(name)
+            f = model.file(name)
+            if model.local:
+                if f is None:
+                    assert got is None, f"local store: {name} was removed, the store has {_short(got)}"
+                else:
+                    assert got is not None and model.saw(f, lambda c, got=got: c == got), (
+                        f"local store: {name} holds {_short(got)}, the mount shows "
+                        f"{[_short(c) for c in f.contents]}")
+                continue
+            allowed = model.store[name]
+            assert got in allowed, (f"Swift: {name} holds {_short(got)}; the model allows "
+                                    f"{[_short(c) for c in allowed]}")
+            model.store[name] = [got]
+            if name in model.narrow and f is not None:
+                assert model.saw(f, lambda c, got=got: c == got), (
+                    f"Swift: {name} was just published as {_short(got)} but the mount shows "
+                    f"{[_short(c) for c in f.contents]}")
+            model.narrow.discard(name)
+
+    def teardown(self) -> None:
+        try:
+            if self.broken:
+                return
+            if self.ctx.proxy is not None:
+                self.ctx.proxy.clear()
+                self.model.faults = False
+            # Close everything: then the store holds every file's content.
+            for h in list(self.model.handles.values()):
+                self.close_handle(h)
+            self._check_store(every=True)
+            self.call(self.vfs.shutdown)
+            self.broken = True
+            for name in NAMES:
+                if name in self.unknown:
+                    continue
+                got = self.read_store(name)
+                f = self.model.file(name)
+                if f is None:
+                    assert got is None, f"after closing everything, removed {name} holds {_short(got)}"
+                else:
+                    assert got in f.contents, (f"after closing everything, {name} holds {_short(got)}; "
+                                               f"the mount shows {[_short(c) for c in f.contents]}")
+            listed = {e.name for e in self.ctx.direct.list_dir([self.dirname])}
+            assert listed <= set(NAMES), f"unexpected objects left: {sorted(listed - set(NAMES))}"
+            assert not any(self.read_store(n) is not None for n in NAMES if n not in self.unknown
+                           and self.model.file(n) is None)
+            assert listed <= set(NAMES), f"unexpected objects left: {sorted(listed - set(NAMES))}"
+            self.broken = False
+        finally:
+            for h in list(self.model.handles.values()):
+                with contextlib.suppress(Exception):
+                    self.call(self.vfs.release, h.fh)
+            if self.ctx.proxy is not None:
+                self.ctx.proxy.clear()
+
+
+def _machine(ctx: Context) -> type[VfsMachine]:
+    class Machine(VfsMachine):
+        pass
+
+    Machine.ctx = ctx
+    Machine.__name__ = f"VfsMachine_{ctx.kind}"
+    return Machine
+
+
+async def run_model(ctx: Context, config: settings) -> None:
+    """Run the state machine in a worker thread, every vfs call on this trio loop."""
+    ctx.token = trio.lowlevel.current_trio_token()
+    machine = _machine(ctx)
+    started = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        ctx.nursery = nursery
+        try:
+            await trio.to_thread.run_sync(functools.partial(run_state_machine_as_test, machine, settings=config))
+        finally:
+            elapsed = time.monotonic() - started
+            print(f"\n[{ctx.kind}] {ctx.examples} examples, {ctx.steps} steps, {elapsed:.1f} s"
+                  + (f", {ctx.failures_injected} faults injected, {ctx.errors_seen} errors seen"
+                     if ctx.proxy is not None else "")
+                  + "\n  steps by rule: " + ", ".join(f"{k} {v}" for k, v in ctx.rules.most_common()))
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+
+def _local_context(tmp_path: Path) -> Context:
+    (tmp_path / "store").mkdir()
+    storage = BasicFileStorage(str(tmp_path / "store"))
+    return Context("local", storage, storage, tmp_path, cache=ReadCache(str(tmp_path / "cache"), 1 << 30))
+
+
+def _swift_context(tmp_path: Path, swift_env: dict[str, Any], container: str, via: dict[str, Any] | None = None,
+                   **kw: Any) -> Context:
+    storage = make_cloud_storage(via or swift_env, container, segment_size=str(SEGMENT_SIZE),
+                                 staging_dir=str(tmp_path), **kw)
+    direct = make_cloud_storage(swift_env, container, segment_size=str(SEGMENT_SIZE), staging_dir=str(tmp_path))
+    return Context("swift", storage, direct, tmp_path, cache=ReadCache(str(tmp_path / "cache"), 1 << 30))
+
+
+async def test_model_local(tmp_path: Path) -> None:
+    await run_model(_local_context(tmp_path), _settings(40, 50))
+
+
+async def test_model_swift(tmp_path: Path, swift_env: dict[str, Any]) -> None:
+    container = f"gfs-{uuid.uuid4().hex[:12]}"
+    try:
+        await run_model(_swift_context(tmp_path, swift_env, container), _settings(15, 25))
+    finally:
+        drop_container(swift_env, container)
+
+
+# ---------------------------------------------------------------------------------------- regressions
+# Minimal sequences found by the machines above, kept as plain tests.
+
+
+class Direct:
+    """A Vfs over one store (a fresh directory in it), and the store read behind its back."""
+
+    def __init__(self, vfs: Vfs, storage: Any, direct: Any, dir_ino: int, dirname: str) -> None:
+        self.vfs = vfs
+        self.storage = storage
+        self.direct = direct
+        self.dir_ino = dir_ino
+        self.dirname = dirname
+
+    def stored(self, name: str) -> bytes | None:
+        try:
+            return bytes(self.direct.read_range([self.dirname, name], 0, 1 << 24))
+        except FileNotFoundError:
+            return None
+
+    async def create(self, name: str, flags: int = os.O_WRONLY) -> int:
+        handle, _node = await self.vfs.create(self.dir_ino, name.encode(), flags | os.O_CREAT)
+        return handle.fh
+
+    async def open(self, name: str, flags: int) -> int:
+        node = await self.vfs.lookup(self.dir_ino, name.encode())
+        return (await self.vfs.open(node.ino, flags)).fh
+
+    async def ino(self, name: str) -> int:
+        return (await self.vfs.lookup(self.dir_ino, name.encode())).ino
+
+    async def close(self, fh: int) -> None:
+        try:
+            await self.vfs.flush(fh)
+        finally:
+            await self.vfs.release(fh)
+
+    async def read(self, fh: int, offset: int = 0, size: int = 1 << 20) -> bytes:
+        return bytes(await self.vfs.read(fh, offset, size))
+
+    async def put(self, name: str, data: bytes) -> None:
+        fh = await self.create(name)
+        await self.vfs.write(fh, 0, data)
+        await self.close(fh)
+
+
+@pytest.fixture(params=["local", "swift"])
+async def direct(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Direct]:
+    container = None
+    if request.param == "local":
+        ctx = _local_context(tmp_path)
+    else:
+        container = f"gfs-{uuid.uuid4().hex[:12]}"
+        ctx = _swift_context(tmp_path, request.getfixturevalue("swift_env"), container)
+    options = Options(staging_dir=str(tmp_path / "staging"), op_timeout=30.0)
+    os.makedirs(options.staging_dir, exist_ok=True)
+    vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
+    try:
+        async with trio.open_nursery() as nursery:
+            vfs.nursery = nursery
+            public = await vfs.lookup(ROOT_INO, b"public")
+            dirname = f"r{uuid.uuid4().hex[:10]}"
+            node = await vfs.mkdir(public.ino, dirname.encode())
+            yield Direct(vfs, ctx.storage, ctx.direct, node.ino, dirname)
+            nursery.cancel_scope.cancel()
+    finally:
+        if container is not None:
+            drop_container(request.getfixturevalue("swift_env"), container)
+
+
+swift_only = pytest.mark.parametrize("direct", ["swift"], indirect=True)
+
+
+@swift_only
+async def test_o_trunc_then_flush_keeps_the_old_object(direct: Direct) -> None:
+    """open(O_TRUNC) + flush (a dup'd descriptor closed, as dd and shell redirections do) must
+    not publish the empty file: the old object stays until content arrives; fsync or the last
+    release publish the truncation."""
+    await direct.put("a.txt", b"old content")
+    fh = await direct.open("a.txt", os.O_WRONLY | os.O_TRUNC)
+    await direct.vfs.flush(fh)
+    assert direct.stored("a.txt") == b"old content"
+    await direct.vfs.write(fh, 0, b"new")
+    await direct.vfs.flush(fh)
+    assert direct.stored("a.txt") == b"new"
+    await direct.vfs.release(fh)
+    assert direct.stored("a.txt") == b"new"
+    # The truncation alone is published by the last release ...
+    fh = await direct.open("a.txt", os.O_WRONLY | os.O_TRUNC)
+    await direct.vfs.flush(fh)
+    assert direct.stored("a.txt") == b"new"
+    await direct.vfs.release(fh)
+    assert direct.stored("a.txt") == b""
+    # ... and by fsync.
+    await direct.put("b.txt", b"old")
+    fh = await direct.open("b.txt", os.O_RDWR | os.O_TRUNC)
+    await direct.vfs.flush(fh)
+    assert direct.stored("b.txt") == b"old"
+    await direct.vfs.fsync(fh, False)
+    assert direct.stored("b.txt") == b""
+    await direct.close(fh)
+
+
+async def test_reader_opened_before_a_writer_sees_its_writes(direct: Direct) -> None:
+    """Read-your-writes across handles: a read-only handle opened before another handle writes
+    (or a truncate by name) reads the new content, also after the writer is gone."""
+    await direct.put("c.txt", b"0123456789")
+    reader = await direct.open("c.txt", os.O_RDONLY)
+    assert await direct.read(reader) == b"0123456789"
+    writer = await direct.open("c.txt", os.O_WRONLY)
+    await direct.vfs.write(writer, 2, b"ab")
+    assert await direct.read(reader) == b"01ab456789"
+    await direct.close(writer)
+    assert await direct.read(reader) == b"01ab456789"
+    assert direct.stored("c.txt") == b"01ab456789"
+    await direct.vfs.setattr(await direct.ino("c.txt"), size=4)
+    assert await direct.read(reader) == b"01ab"
+    assert direct.stored("c.txt") == b"01ab"
+    await direct.close(reader)
