@@ -51,8 +51,8 @@ SLOW = os.environ.get("GOBLINFS_SLOW", "") not in ("", "0")
 NAME = "victim.bin"
 STORE = "public"
 #: How long recovery after the remount may take (journal upload, recovered/ files, segment cleanup).
-SETTLE = 8.0
-ORPHAN_WAIT = 6.0
+SETTLE = 6.0
+ORPHAN_WAIT = 5.0
 #: Delay of the fault proxy on the close's slow PUTs.
 SLOW_PUT = 3.0
 
@@ -178,11 +178,12 @@ def _points() -> list[Point]:
         Point("write-seg-1", "write", lambda n: SEG - 1),
         Point("write-seg", "write", lambda n: SEG),
         Point("write-seg+1", "write", lambda n: SEG + 1),
-        Point("write-mid", "write", lambda n: n // 2 + 12345),
+        Point("write-mid", "write", lambda n: n // 2 + 12345, pause=0.5),
         Point("write-all-no-close", "write", lambda n: n),
         Point("flush-dup-before-release", "flush"),
         Point("close-delay-segment", "close-delay-segment"),
         Point("close-hang-manifest", "close-hang-manifest"),
+        Point("close-delay-manifest", "close-delay-manifest"),
         Point("after-close", "close"),
     ]
     if SLOW:
@@ -198,7 +199,7 @@ def _points() -> list[Point]:
             Point("write-all-paused", "write", lambda n: n, pause=1.0),
             Point("flush-dup-paused", "flush", pause=1.0),
             Point("fsync-before-close", "fsync"),
-            Point("close-delay-manifest", "close-delay-manifest"),
+            Point("write-mid-now", "write", lambda n: n // 2 + 12345),
             Point("after-close-paused", "close", pause=1.0),
         ]
         rng = random.Random(4242)
@@ -218,7 +219,7 @@ RESULTS: list[tuple[str, str, int, int]] = []
 @pytest.fixture(scope="module", autouse=True)
 def _summary(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    lines = [f"crash points tried: {len(RESULTS)} of {len(POINTS)} "
+    lines = [f"crash points tried: {len(RESULTS)} "
              f"({'GOBLINFS_SLOW sweep' if SLOW else 'default sweep; GOBLINFS_SLOW=1 for the dense one'}); "
              f"bytes lost in total: {sum(r[3] for r in RESULTS)}"]
     lines += [f"  {pid:28} {outcome:44} acked {acked:>8}  lost {lost:>8}" for pid, outcome, acked, lost in RESULTS]
@@ -332,64 +333,147 @@ def contents(point: Point) -> tuple[bytes, bytes]:
 # ---------------------------------------------------------------------------------------------
 # The test.
 
+class Rig:
+    """One container, one mountpoint, one cache_dir; every daemon and writer it starts is ended
+    by PID in ``close`` and the mountpoint unmounted (lazily if needed), even when a test fails."""
+
+    def __init__(self, tmp_path: Path, swift_env: dict[str, Any], fault: Any = None) -> None:
+        self.tmp_path = tmp_path
+        self.swift_env = swift_env
+        self.fault = fault
+        self.container = f"gfs-crash-{uuid.uuid4().hex[:10]}"
+        self.config = write_swift_config(tmp_path / "cfg", fault.env if fault is not None else swift_env,
+                                         self.container)
+        self.cache_dir = tmp_path / "cache"
+        self.mnt = tmp_path / "mnt"
+        self.options = f"cache_dir={self.cache_dir},attr_timeout=1,dir_timeout=1,op_timeout=30"
+        self.conn = swift_conn(swift_env)  # direct, never through the proxy
+        self.mounts: list[Mounted] = []
+        self.writers: list[Writer] = []
+        self.file = self.mnt / STORE / NAME
+
+    def mount(self) -> Mounted:
+        """The first mount (nothing at the mountpoint yet)."""
+        mounted = Mounted(self.config, self.mnt, options=self.options)
+        self.mounts.append(mounted)
+        return mounted.__enter__()
+
+    def remount(self) -> Remounted:
+        """Mount again at the mountpoint that holds the dead mount; the daemon clears it."""
+        assert mount_ids(self.mnt), "the dead mount should still be there before the remount"
+        mounted = Remounted(self.config, self.mnt, options=self.options)
+        mounted.log_path = self.tmp_path / f"mount{len(self.mounts)}.daemon.log"
+        self.mounts.append(mounted)
+        mounted.__enter__()
+        return mounted
+
+    def writer(self, content: bytes) -> Writer:
+        source = self.tmp_path / f"new{len(self.writers)}.bin"
+        source.write_bytes(content)
+        writer = Writer(source, self.file)
+        self.writers.append(writer)
+        return writer
+
+    def kill(self, mounted: Mounted) -> None:
+        """kill -9 of the daemon, by the PID we hold."""
+        daemon = mounted.proc
+        assert daemon is not None and daemon.poll() is None, f"daemon died before the kill:\n{mounted.log()}"
+        daemon.kill()
+        daemon.wait(timeout=30)
+
+    def stored(self) -> bytes | None:
+        return stored(self.conn, self.container)
+
+    def recovered(self) -> list[Path]:
+        return recovered_files(self.cache_dir)
+
+    def orphans_after_wait(self) -> list[str]:
+        """Orphaned segments still there ORPHAN_WAIT seconds from now (empty as soon as none)."""
+        if wait_until(lambda: not orphan_segments(self.conn, self.container), ORPHAN_WAIT):
+            return []
+        return orphan_segments(self.conn, self.container)
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.kill()
+        for mounted in reversed(self.mounts):
+            mounted.stop(clean=False)
+        for _ in range(5):
+            if not is_mounted(self.mnt):
+                break
+            force_unmount(self.mnt)
+        if self.fault is not None:
+            self.fault.proxy.clear()
+        drop_container(self.swift_env, self.container)
+        drop_container(self.swift_env, self.container + "-queue")
+        assert not is_mounted(self.mnt), f"{self.mnt} still mounted"
+        assert all(m.proc is None or m.proc.poll() is not None for m in self.mounts), "a daemon is still running"
+        assert all(w.proc.poll() is not None for w in self.writers), "a writer is still running"
+
+
+@contextlib.contextmanager
+def rig(tmp_path: Path, swift_env: dict[str, Any], fault: Any = None) -> Iterator[Rig]:
+    r = Rig(tmp_path, swift_env, fault)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def after_kill(rig: Rig, writer: Writer, point: Point, problems: list[str]) -> bool:
+    """The writer gets errors once the daemon is dead; then it is killed.  True if a close that
+    was held at the kill reported success anyway (its data then counts as confirmed)."""
+    confirmed = False
+    if point.proxied:
+        late = writer.reply(5)
+        if late is not None and late.startswith("ok "):
+            problems.append(f"close returned {late!r} after the daemon was killed")
+            confirmed = True
+    elif point.kind != "close":
+        late = writer.ask("fsync", timeout=30)
+        if not late.startswith("err "):
+            problems.append(f"fsync on the dead mount answered {late!r}, not an error")
+    writer.kill()
+    if rig.fault is not None:
+        # Let the held request end (the delayed one is forwarded late, the hung one dropped)
+        # before the next daemon starts, then mount again without faults.
+        time.sleep(SLOW_PUT + 0.5 if "delay" in point.kind else 0.2)
+        rig.fault.proxy.clear()
+    return confirmed
+
+
+def put_old(rig: Rig, old: bytes) -> None:
+    rig.file.write_bytes(old)
+    assert rig.stored() == old, "setup: the old content is not on Swift"
+    assert not orphan_segments(rig.conn, rig.container), "setup: orphaned segments before the crash"
+
+
 @pytest.mark.swift
 @pytest.mark.fuse
 @pytest.mark.parametrize("point", POINTS, ids=[p.id for p in POINTS])
 def test_kill_during_overwrite(point: Point, swift_env: dict[str, Any], tmp_path: Path,
                                request: pytest.FixtureRequest) -> None:
     fault = request.getfixturevalue("fault_swift") if point.proxied else None
-    container = f"gfs-crash-{uuid.uuid4().hex[:10]}"
-    config = write_swift_config(tmp_path / "cfg", fault.env if fault is not None else swift_env, container)
-    cache_dir = tmp_path / "cache"
-    mnt = tmp_path / "mnt"
-    options = f"cache_dir={cache_dir},attr_timeout=1,dir_timeout=1,op_timeout=30"
     old, new = contents(point)
-    source = tmp_path / "new.bin"
-    source.write_bytes(new)
-    conn = swift_conn(swift_env)  # direct, never through the proxy
-    first: Mounted | None = None
-    second: Remounted | None = None
-    writer: Writer | None = None
     problems: list[str] = []
-    outcome = "?"
-    acked = 0
-    lost = 0
-    try:
-        first = Mounted(config, mnt, options=options).__enter__()
-        (mnt / STORE / NAME).write_bytes(old)
-        assert stored(conn, container) == old, "setup: the old content is not on Swift"
-        assert not orphan_segments(conn, container), "setup: orphaned segments before the crash"
-
-        writer = Writer(source, mnt / STORE / NAME)
+    with rig(tmp_path, swift_env, fault) as r:
+        first = r.mount()
+        put_old(r, old)
+        writer = r.writer(new)
         sealed, confirmed, acked = drive(point, writer, new, fault)
-        daemon = first.proc
-        assert daemon is not None and daemon.poll() is None, f"daemon died before the kill:\n{first.log()}"
-        daemon.kill()  # kill -9 by PID
-        daemon.wait(timeout=30)
-        writer.kill()
-        if fault is not None:
-            # Let the held request end (the delayed one is forwarded late, the hung one dropped)
-            # before the next daemon starts, then mount again without faults.
-            time.sleep(SLOW_PUT + 0.5 if "delay" in point.kind else 0.2)
-            fault.proxy.clear()
-
-        assert mount_ids(mnt), "the dead mount should still be there before the remount"
-        second = Remounted(config, mnt, options=options)
-        second.log_path = tmp_path / "remount.daemon.log"
-        second.__enter__()
+        r.kill(first)
+        confirmed = after_kill(r, writer, point, problems) or confirmed
+        second = r.remount()
 
         def settled() -> bool:
-            data = stored(conn, container)
+            data = r.stored()
             if confirmed or (sealed and data is not None and sha(data) == sha(new)):
                 return True
-            files = recovered_files(cache_dir)
-            return bool(files) or (not sealed and acked == 0)
+            return bool(r.recovered()) or (not sealed and acked == 0)
 
         wait_until(settled, SETTLE)
-        data = stored(conn, container)
-        through = (mnt / STORE / NAME).read_bytes() if (mnt / STORE / NAME).exists() else None
-        on_swift = describe(data, old, new)
-        on_mount = describe(through, old, new)
+        on_swift = describe(r.stored(), old, new)
+        on_mount = describe(r.file.read_bytes() if r.file.exists() else None, old, new)
         outcome = f"swift:{on_swift} mount:{on_mount}"
         if on_swift not in ("old", "new"):
             problems.append(f"object on Swift is {on_swift}, neither exactly the old nor the new content")
@@ -401,53 +485,43 @@ def test_kill_during_overwrite(point: Point, swift_env: dict[str, Any], tmp_path
             problems.append(f"close/flush/fsync returned 0 but the object is {on_swift}")
 
         # Where are the acknowledged new bytes now?
-        kept = recovered_files(cache_dir)
+        kept = r.recovered()
         kept_prefix = max((common_prefix(f.read_bytes(), new) for f in kept), default=0)
         lost = 0 if on_swift == "new" else max(0, acked - kept_prefix)
         if kept:
             outcome += f" recovered:{len(kept)}"
         if lost:
             problems.append(f"{lost} of {acked} acknowledged new bytes are neither on Swift nor in "
-                            f"{cache_dir / 'recovered'} (files there: {[f.name for f in kept]})")
-        if not sealed and acked:
-            exact = [f for f in kept if sha(f.read_bytes()) == sha(new[:acked])]
-            if not exact:
-                problems.append(f"partial data ({acked} bytes written, never closed) not kept exactly in "
-                                f"recovered/{STORE}/{NAME}*")
+                            f"{r.cache_dir / 'recovered'} (files there: {[f.name for f in kept]})")
+        if not sealed and acked and not any(sha(f.read_bytes()) == sha(new[:acked]) for f in kept):
+            problems.append(f"partial data ({acked} bytes written, never closed) not kept exactly in "
+                            f"recovered/{STORE}/{NAME}*")
         if sealed and on_swift != "new" and not any(sha(f.read_bytes()) == sha(new) for f in kept):
             problems.append("sealed data (close called) neither uploaded from the journal nor kept in recovered/")
         if kept:
-            problems += check_reported(mnt, second, cache_dir, kept)
-
-        if not wait_until(lambda: not orphan_segments(conn, container), ORPHAN_WAIT):
-            orphans = orphan_segments(conn, container)
-            problems.append(f"{len(orphans)} orphaned segments in {container}_segments {ORPHAN_WAIT} s after "
+            problems += check_reported(r.mnt, second, kept)
+        orphans = r.orphans_after_wait()
+        if orphans:
+            problems.append(f"{len(orphans)} orphaned segments in {r.container}_segments {ORPHAN_WAIT} s after "
                             f"the remount: {orphans[:3]}")
-
-        if "Traceback" in second.log():
-            problems.append(f"traceback in the log of the new daemon:\n{second.log()[-3000:]}")
-        status = second.stop(clean=False)
-        if status != 0:
-            problems.append(f"the new daemon exited with {status}")
+        problems += stop_cleanly(second)
+        # Unmounting (which uploads what is still dirty) publishes nothing more.
+        after = describe(r.stored(), old, new)
+        if after != on_swift:
+            problems.append(f"after the new daemon's unmount the object is {after} (was {on_swift})")
         RESULTS.append((point.id, outcome, acked, lost))
         if problems:
             pytest.fail(f"{point.id} ({outcome}, acked {acked}):\n- " + "\n- ".join(problems), pytrace=False)
-    finally:
-        if writer is not None:
-            writer.kill()
-        if second is not None:
-            second.stop(clean=False)
-        if first is not None:
-            first.stop(clean=False)
-        for _ in range(5):
-            if not is_mounted(mnt):
-                break
-            force_unmount(mnt)
-        if fault is not None:
-            fault.proxy.clear()
-        drop_container(swift_env, container)
-        drop_container(swift_env, container + "-queue")
-        assert not is_mounted(mnt), f"{mnt} still mounted"
+
+
+def stop_cleanly(mounted: Mounted) -> list[str]:
+    problems = []
+    if "Traceback" in mounted.log():
+        problems.append(f"traceback in the log of the new daemon:\n{mounted.log()[-3000:]}")
+    status = mounted.stop(clean=False)
+    if status != 0:
+        problems.append(f"the new daemon exited with {status}")
+    return problems
 
 
 def drive(point: Point, writer: Writer, new: bytes, fault: Any) -> tuple[bool, bool, int]:
@@ -521,7 +595,7 @@ def common_prefix(data: bytes, new: bytes) -> int:
     return 0
 
 
-def check_reported(mnt: Path, mounted: Remounted, cache_dir: Path, kept: list[Path]) -> list[str]:
+def check_reported(mnt: Path, mounted: Mounted, kept: list[Path]) -> list[str]:
     """Recovered files are reported in the log and in ``goblinfs status --json``."""
     problems = []
     log = mounted.log()
@@ -540,3 +614,97 @@ def check_reported(mnt: Path, mounted: Remounted, cache_dir: Path, kept: list[Pa
         if os.path.realpath(f) not in listed:
             problems.append(f"{f} not listed (with store, path, reason) in goblinfs status --json: {entries}")
     return problems
+
+
+@pytest.mark.swift
+@pytest.mark.fuse
+def test_sealed_data_not_uploaded_over_an_object_changed_meanwhile(
+        swift_env: dict[str, Any], fault_swift: Any, tmp_path: Path) -> None:
+    """Killed while close's manifest PUT is held; someone else replaces the object before the
+    remount: the journal must not upload over it (ETag changed): the new data goes to recovered/."""
+    point = Point("changed-meanwhile", "close-hang-manifest")
+    old, new = contents(point)
+    third = random.Random("third").randbytes(300_000)
+    problems: list[str] = []
+    with rig(tmp_path, swift_env, fault_swift) as r:
+        first = r.mount()
+        put_old(r, old)
+        writer = r.writer(new)
+        _sealed, confirmed, acked = drive(point, writer, new, fault_swift)
+        r.kill(first)
+        confirmed = after_kill(r, writer, point, problems) or confirmed
+        if confirmed:
+            pytest.fail("close returned success although its manifest PUT never reached Swift")
+        # Another client replaces it (deleting the old SLO with its segments, as swift delete does).
+        r.conn.delete_object(r.container, NAME, query_string="multipart-manifest=delete")
+        r.conn.put_object(r.container, NAME, third, content_type="application/octet-stream")
+        second = r.remount()
+        wait_until(lambda: any(sha(f.read_bytes()) == sha(new) for f in r.recovered()), SETTLE)
+        data = r.stored()
+        outcome = f"swift:{'third' if data == third else describe(data, old, new)}"
+        if data != third:
+            problems.append(f"the object replaced meanwhile is now {describe(data, old, new)}, not the "
+                            "replacement (the journal uploaded over a changed ETag?)")
+        if r.file.read_bytes() != third:
+            problems.append("read through the new mount: not the replacement")
+        kept = r.recovered()
+        lost = 0 if any(sha(f.read_bytes()) == sha(new) for f in kept) else acked
+        if lost:
+            problems.append(f"the sealed new data ({acked} bytes) is not in recovered/: {[f.name for f in kept]}")
+        if kept:
+            outcome += f" recovered:{len(kept)}"
+            problems += check_reported(r.mnt, second, kept)
+        orphans = r.orphans_after_wait()
+        if orphans:
+            problems.append(f"{len(orphans)} orphaned segments {ORPHAN_WAIT} s after the remount: {orphans[:3]}")
+        problems += stop_cleanly(second)
+        if r.stored() != third:
+            problems.append("after the new daemon's unmount the object is no longer the replacement")
+        RESULTS.append((point.id, outcome, acked, lost))
+        if problems:
+            pytest.fail(f"{point.id} ({outcome}):\n- " + "\n- ".join(problems), pytrace=False)
+
+
+@pytest.mark.swift
+@pytest.mark.fuse
+def test_partial_data_of_two_crashes_both_kept(swift_env: dict[str, Any], tmp_path: Path) -> None:
+    """Two crashes in a row mid-write on the same path: both partial data kept (a suffix for the
+    second), neither published, both listed by goblinfs status."""
+    point = Point("twice-partial", "write")
+    old, new = contents(point)
+    other = random.Random("other").randbytes(len(new) + 4321)
+    parts = [(new, SEG + 4567), (other, 2 * SEG + 89)]
+    problems: list[str] = []
+    with rig(tmp_path, swift_env) as r:
+        mounted: Mounted = r.mount()
+        put_old(r, old)
+        for content, at in parts:
+            writer = r.writer(content)
+            assert writer.ask("open").startswith("ok "), "open O_TRUNC before the crash failed"
+            assert writer.ask(f"write {at}") == f"ok {at}", "write before the crash failed"
+            time.sleep(0.5)
+            r.kill(mounted)
+            after_kill(r, writer, point, problems)
+            mounted = r.remount()
+            wait_until(lambda c=content, a=at: any(sha(f.read_bytes()) == sha(c[:a]) for f in r.recovered()),
+                       SETTLE)
+            if r.stored() != old:
+                problems.append(f"after the crash at {at} bytes the object is {describe(r.stored(), old, new)}")
+        kept = r.recovered()
+        found = [any(sha(f.read_bytes()) == sha(c[:a]) for f in kept) for c, a in parts]
+        lost = sum(a for (_c, a), ok in zip(parts, found, strict=True) if not ok)
+        outcome = f"swift:{describe(r.stored(), old, new)} recovered:{len(kept)}"
+        if not all(found):
+            problems.append(f"partial data kept in recovered/ (first, second): {found}; files: "
+                            f"{[f.name for f in kept]}")
+        if kept:
+            problems += check_reported(r.mnt, mounted, kept)
+        orphans = r.orphans_after_wait()
+        if orphans:
+            problems.append(f"{len(orphans)} orphaned segments {ORPHAN_WAIT} s after the remount: {orphans[:3]}")
+        problems += stop_cleanly(mounted)
+        if r.stored() != old:
+            problems.append("after the last unmount the partial data was published")
+        RESULTS.append((point.id, outcome, sum(a for _c, a in parts), lost))
+        if problems:
+            pytest.fail(f"{point.id} ({outcome}):\n- " + "\n- ".join(problems), pytrace=False)
