@@ -393,12 +393,12 @@ class FaultProxy:
                     body = f"{rule.status} injected by faultproxy\n".encode()
                     reason = _REASONS.get(rule.status, "Injected")
                     head_only = method.upper() == "HEAD" or rule.status in (204, 304)
+                    self._record(method, target, rule.status)  # before the client can see the answer
                     client.sendall(
                         f"HTTP/1.1 {rule.status} {reason}\r\nContent-Type: text/plain\r\n"
                         f"Content-Length: {len(body)}\r\nX-Fault-Proxy: injected\r\n"
                         f"{'Connection: close' + chr(13) + chr(10) if client_close else ''}\r\n".encode()
                         + (b"" if head_only else body))
-                    self._record(method, target, rule.status)
                     if client_close:
                         return
                     continue
@@ -447,10 +447,10 @@ class FaultProxy:
                         v = self._rewrite_url(v)
                     out.append(f"{k}: {v}\r\n")
                 out.append("\r\n")
+                self._record(method, target, "truncate" if action == "truncate" else status)
                 client.sendall("".join(out).encode("latin-1"))
                 upstream_close = (_get(rheaders, "connection") or "").lower() == "close"
                 sink = _Sink(client, rule.after_bytes if action == "truncate" else None)
-                self._record(method, target, "truncate" if action == "truncate" else status)
                 try:
                     if method.upper() == "HEAD" or status in (204, 304) or 100 <= status < 200:
                         if action == "truncate":
