@@ -47,9 +47,10 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any, BinaryIO
@@ -64,7 +65,6 @@ from . import (
     Space,
     StorageConfigError,
     StorageInterface,
-    StorageUnavailable,
     Upload,
     resolve_components,
 )
@@ -98,7 +98,14 @@ from .swift.listing import (
     split_content_type,
     strip_etag,
 )
-from .swift.session import AuthenticationFailed, SwiftSession, _AuthRefused, _Connection
+from .swift.session import (
+    DEFAULT_RETRY_DEADLINE,
+    DEFAULT_TIMEOUT,
+    AuthenticationFailed,
+    SwiftSession,
+    _AuthRefused,
+    _Connection,
+)
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE", "DIRECTORY_TYPE", "HASH_CHUNK", "MTIME_PARAM", "READ_CHUNK", "SEND_CHUNK",
@@ -157,11 +164,13 @@ class CloudFileStorage(StorageInterface):
     ``cloudfiles_use_servicenet``; ``auth_version`` ('1.0', '2.0' or '3'),
     ``project_name``/``tenant_name``, ``project_domain_name``, ``user_domain_name``,
     ``region_name``, ``endpoint_type``; ``base_url``; ``segment_size`` (bytes);
-    ``retries``, ``timeout`` (seconds), ``staging_dir``, ``workers``, ``verify_segments``.
+    ``retries``, ``timeout``, ``retry_deadline`` (seconds; see :mod:`goblinfs.storage.swift.session`),
+    ``staging_dir``, ``workers``, ``verify_segments``.
     Other keys are ignored.
 
     The container is created when missing.  Each thread gets its own Connection (they share
-    the auth token); swiftclient retries with back-off and re-authenticates on a 401.
+    the auth token); transient failures are retried with jittered back-off within
+    ``retry_deadline`` (25 s) with ``timeout`` (10 s) per attempt, an expired token renewed.
     A refused login raises :class:`AuthenticationFailed`, an unreachable server
     :class:`~goblinfs.storage.StorageUnavailable`.
     """
@@ -175,7 +184,8 @@ class CloudFileStorage(StorageInterface):
                  project_domain_name: str | None = None, user_domain_name: str | None = None,
                  region_name: str | None = None, endpoint_type: str | None = None,
                  base_url: str | None = None, segment_size: Any = None, retries: Any = None,
-                 timeout: Any = None, staging_dir: str | None = None, workers: Any = None,
+                 timeout: Any = None, retry_deadline: Any = None, staging_dir: str | None = None,
+                 workers: Any = None,
                  verify_segments: Any = None, **kwargs: Any) -> None:
         missing = [key for key, value in (("cloudfiles_user", cloudfiles_user),
                                           ("cloudfiles_api_key", cloudfiles_api_key),
@@ -195,8 +205,12 @@ class CloudFileStorage(StorageInterface):
         self.auth_version = version
         self.base_url = base_url
         self.segment_size = _int_option("segment_size", segment_size, DEFAULT_SEGMENT_SIZE, minimum=1)
-        self.retries = _int_option("retries", retries, 3)
-        self.timeout = _float_option("timeout", timeout, 60.0)
+        #: At most this many retries of one request (None: as many as fit in retry_deadline).
+        self.retries = _int_option("retries", retries, None)
+        #: Connect/read timeout of one attempt of a request.
+        self.timeout = _float_option("timeout", timeout, DEFAULT_TIMEOUT)
+        #: A request failing in a transient way is retried until this many seconds after it began.
+        self.retry_deadline = _float_option("retry_deadline", retry_deadline, DEFAULT_RETRY_DEADLINE)
         self.workers = _int_option("workers", workers, DEFAULT_WORKERS, minimum=1)
         #: MD5 each SLO segment while sending it and compare with the ETag Swift computed (a
         #: second check of what TCP/TLS already check; ~1.6 s of CPU per GiB).  Objects sent
@@ -214,7 +228,8 @@ class CloudFileStorage(StorageInterface):
             log.debug("CloudFileStorage ignores keys %s", sorted(kwargs))
         self.session = SwiftSession(auth_url=self.auth_url, user=self.user, key=str(cloudfiles_api_key),
                                     auth_version=version, os_options=os_options, container=self.container,
-                                    retries=self.retries or 0, timeout=self.timeout or 60.0,
+                                    retries=self.retries, timeout=self.timeout or DEFAULT_TIMEOUT,
+                                    retry_deadline=self.retry_deadline or DEFAULT_RETRY_DEADLINE,
                                     workers=self.workers or DEFAULT_WORKERS)
         self._segments_ready = False
         self._collisions_logged: set[str] = set()
@@ -253,8 +268,9 @@ class CloudFileStorage(StorageInterface):
         """Run a swiftclient Connection method with the session's error mapping (and retries)."""
         return self.session.call(method, *args, name=name, conn=conn, passthrough=passthrough, **kwargs)
 
-    def _put_chunked(self, container: str, name: str, chunks: Iterator[memoryview]) -> str | None:
-        return self.session.put_chunked(container, name, chunks)
+    def _put_chunked(self, container: str, name: str,
+                     chunks: Iterable[memoryview] | Callable[[], Iterable[memoryview]], **kwargs: Any) -> str | None:
+        return self.session.put_chunked(container, name, chunks, **kwargs)
 
     def _executor(self) -> ThreadPoolExecutor:
         return self.session.executor()
@@ -364,7 +380,16 @@ class CloudFileStorage(StorageInterface):
                 segments.append((container, obj))
         return segments
 
-    def _delete_segments(self, segments: Sequence[tuple[str, str]]) -> None:
+    def _delete_segments(self, segments: Sequence[tuple[str, str]], wait: bool = True) -> None:
+        """Delete (container, object) pairs in parallel, missing ones ignored, failures logged.
+        ``wait=False``: in a background thread (cleanup after a failure must not hold the caller)."""
+        if not segments:
+            return
+        if not wait:
+            threading.Thread(target=self._delete_segments, args=(list(segments),), daemon=True,
+                             name="goblinfs-delete-segments").start()
+            return
+
         def delete(segment: tuple[str, str]) -> None:
             container, obj = segment
             try:
@@ -515,7 +540,7 @@ class CloudFileStorage(StorageInterface):
             uploader.send(size)
             etag = self._put_manifest(name, uploader.results(), full_type, headers)
         except BaseException:
-            uploader.discard()
+            uploader.discard(wait=False)
             raise
         uploader.close()
         return etag
@@ -554,13 +579,19 @@ class CloudFileStorage(StorageInterface):
             return self._open_reader(name)  # type: ignore[return-value]
         return self._open_writer(name, kind, plus)  # type: ignore[return-value]
 
-    def _open_reader(self, name: str) -> io.BufferedReader:
+    def _open_reader(self, name: str, container: str | None = None) -> io.BufferedReader:
+        """A buffered SwiftReader of the object (one GET now; resumed if the connection breaks)."""
+        return io.BufferedReader(self._open_raw_reader(name, container), buffer_size=READ_CHUNK)
+
+    def _open_raw_reader(self, name: str, container: str | None = None) -> SwiftReader:
         conn = self._new_connection()
         try:
-            headers, body = self._call("get_object", self.container, name, resp_chunk_size=READ_CHUNK, name=name,
-                                       conn=conn)
+            headers, body = self._call("get_object", container or self.container, name, resp_chunk_size=READ_CHUNK,
+                                       name=name, conn=conn)
         except FileNotFoundError:
             conn.close()
+            if container is not None:
+                raise
             raise self._not_found(name) from None
         except BaseException:
             conn.close()
@@ -569,7 +600,7 @@ class CloudFileStorage(StorageInterface):
             body.close()
             conn.close()
             raise IsADirectoryError(errno.EISDIR, "is a directory", name)
-        return io.BufferedReader(SwiftReader(self, name, conn, headers, body), buffer_size=READ_CHUNK)
+        return SwiftReader(self, name, conn, headers, body, container=container)
 
     def _open_writer(self, name: str, kind: str, plus: bool) -> SwiftWriter:
         components = name.split("/")
@@ -608,20 +639,11 @@ class CloudFileStorage(StorageInterface):
             raise
 
     def _download(self, name: str, dest_path: str) -> None:
-        conn = self._new_connection()
-        try:
-            _, body = self._call("get_object", self.container, name, resp_chunk_size=READ_CHUNK, name=name,
-                                 conn=conn)
-            try:
-                with open(dest_path, "wb") as dest:
-                    for chunk in body:
-                        dest.write(chunk)
-            except (RequestException, ConnectionError, TimeoutError) as exc:
-                raise StorageUnavailable(f"downloading {name} from Swift failed: {exc}") from exc
-            finally:
-                body.close()
-        finally:
-            conn.close()
+        """Copy the object into dest_path, streamed (a broken connection is resumed where it broke)."""
+        buffer = bytearray(READ_CHUNK)
+        with self._open_raw_reader(name) as reader, open(dest_path, "wb") as dest:
+            while count := reader.readinto(buffer):
+                dest.write(memoryview(buffer)[:count])
 
     def _file_headers(self, name: str) -> Mapping[str, str]:
         """HEAD of a file object: FileNotFoundError if missing, IsADirectoryError for a directory marker."""

@@ -7,15 +7,17 @@ import errno
 import io
 import logging
 import os
+import random
+import time
 from collections.abc import Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
-from requests.exceptions import RequestException
-from swiftclient.client import Connection
+from swiftclient.client import ClientException, Connection
 
 from .. import Entry, PublishOnClose, StorageUnavailable
 from .listing import strip_etag
+from .session import FIRST_BACKOFF, MIN_ATTEMPT, TRANSPORT_ERRORS
 
 if TYPE_CHECKING:
     from ..cloudfiles import CloudFileStorage
@@ -24,6 +26,10 @@ log = logging.getLogger(__name__)
 
 #: Size of the chunks read from a GET response or copied from a file object.
 READ_CHUNK = 262144
+
+
+class _EndedEarly(Exception):
+    """A GET body ended before its Content-Length (a connection closed early)."""
 
 
 def parse_mode(mode: str) -> tuple[str, bool]:
@@ -37,14 +43,20 @@ def parse_mode(mode: str) -> tuple[str, bool]:
 class SwiftReader(io.RawIOBase):
     """A seekable, streaming reader of one object: sequential reads come from one GET;
     a read after a seek opens a ranged GET from the new offset.  Never buffers the object.
+
+    A connection that drops, resets or times out in the middle of a body is resumed with a
+    ranged GET from the offset reached, carrying ``If-Match`` with the ETag of the first
+    answer, within the store's retry deadline: the bytes never mix two versions of the object
+    (a changed object ends the read with EIO).
     """
 
     def __init__(self, store: CloudFileStorage, name: str, conn: Connection, headers: Mapping[str, str],
-                 body: Any) -> None:
+                 body: Any, container: str | None = None) -> None:
         super().__init__()
         self._store = store
         self._conn = conn
         self.name = name
+        self.container = container or store.container
         self.size = int(headers.get("content-length") or 0)
         self.etag = strip_etag(headers.get("etag"))
         self._pos = 0
@@ -88,26 +100,44 @@ class SwiftReader(io.RawIOBase):
         wanted = min(len(view), self.size - self._pos, READ_CHUNK)
         if wanted <= 0:
             return 0
-        if self._body is None or self._body_pos != self._pos:
-            self._open_at(self._pos)
-        try:
-            data = self._body.read(wanted)
-        except (RequestException, ConnectionError, TimeoutError) as exc:
-            self._close_body()
-            raise StorageUnavailable(f"reading {self.name} from Swift failed: {exc}") from exc
-        if not data:
-            self._close_body()
-            raise OSError(errno.EIO, "object ended early (changed while being read?)", self.name)
+        deadline: float | None = None
+        while True:
+            if self._body is None or self._body_pos != self._pos:
+                self._open_at(self._pos, deadline)
+            try:
+                data = self._body.read(wanted)
+                if not data:
+                    raise _EndedEarly(f"{self.name} ended at {self._pos} of {self.size} bytes")
+                break
+            except (_EndedEarly, *TRANSPORT_ERRORS) as exc:
+                self._close_body()
+                session = self._store.session
+                if deadline is None:
+                    deadline = session.deadline()
+                if time.monotonic() + MIN_ATTEMPT > deadline:
+                    raise StorageUnavailable(f"reading {self.name} from Swift failed: {exc}") from exc
+                log.info("reading %s from Swift broke at byte %d (%s); resuming there", self.name, self._pos, exc)
+                time.sleep(random.uniform(FIRST_BACKOFF / 2, FIRST_BACKOFF))
         view[: len(data)] = data
         self._pos += len(data)
         self._body_pos = self._pos
         return len(data)
 
-    def _open_at(self, offset: int) -> None:
+    def _open_at(self, offset: int, deadline: float | None = None) -> None:
         self._close_body()
-        _, self._body = self._store._call(
-            "get_object", self._store.container, self.name, resp_chunk_size=READ_CHUNK,
-            headers={"Range": f"bytes={offset}-"}, name=self.name, conn=self._conn)
+        headers = {"Range": f"bytes={offset}-"}
+        if self.etag:
+            headers["If-Match"] = f'"{self.etag}"'
+        try:
+            got, self._body = self._store._call(
+                "get_object", self.container, self.name, resp_chunk_size=READ_CHUNK, headers=headers,
+                name=self.name, conn=self._conn, deadline=deadline, passthrough=(412,))
+        except ClientException as exc:  # 412: If-Match failed
+            raise OSError(errno.EIO, "object changed while being read", self.name) from exc
+        etag = strip_etag(got.get("etag"))
+        if self.etag and etag and etag != self.etag:
+            self._close_body()
+            raise OSError(errno.EIO, "object changed while being read", self.name)
         self._body_pos = offset
 
     def _close_body(self) -> None:

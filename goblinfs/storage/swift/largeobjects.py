@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from swiftclient.utils import LengthWrapper
 
@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 DEFAULT_SEGMENT_SIZE = 100 * 1048576
 #: Size of the reads a segment is sent in (and hashed as it goes).
 SEND_CHUNK = 1048576
+#: Largest first segment of a stream (the store's segment_size when smaller).  A segment's
+#: bytes stay in memory until Swift acknowledged it, so a failed PUT can be sent again.
+STREAM_SEGMENT_SIZE = 32 * 1048576
+#: A stream's segments double in size every this many segments.
+SEGMENTS_PER_DOUBLING = 200
 #: Size of the reads of a local file being hashed.
 HASH_CHUNK = 262144
 
@@ -83,7 +88,9 @@ class _HashingBody(LengthWrapper):
             self.md5.update(chunk)
         return chunk
 
-    def reset(self) -> None:  # type: ignore[override]  # swiftclient calls it before a retry
+    def reset(self, *_args: Any, **_kwargs: Any) -> None:
+        """Back to the first byte.  swiftclient calls it before sending the body again, with the
+        request's own arguments (``reset(func, *args, **kwargs)``): they are accepted and ignored."""
         self._pos = 0
         self.md5 = hashlib.md5(usedforsecurity=False)
 
@@ -154,14 +161,15 @@ class SegmentUploader(_Segments):
             raise error
         return results
 
-    def discard(self) -> None:
-        """Delete every segment sent (after they have all ended)."""
+    def discard(self, wait: bool = True) -> None:
+        """Delete every segment sent or started (after they have all ended); ``wait=False``:
+        the deletes run in the background."""
         for future in self.futures:
             with suppress(BaseException):
                 future.result()
         self.close()
         self.store._delete_segments([(self.store.segment_container, self.segment_name(index))
-                                     for index in range(len(self.futures))])
+                                     for index in range(len(self.futures))], wait=wait)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -180,7 +188,7 @@ class SegmentStream(_Segments, Upload):
     """
 
     def __init__(self, store: CloudFileStorage, name: str, segment_size: int, window: int = 16) -> None:
-        super().__init__(store, name, segment_size)
+        super().__init__(store, name, max(min(segment_size, STREAM_SEGMENT_SIZE), store.min_segment_size))
         #: The vfs streams a file only once it is larger than this (smaller files: one PUT).
         self.begin_at = segment_size
         self.accepted = 0
@@ -193,6 +201,8 @@ class SegmentStream(_Segments, Upload):
         self._eof = False
         #: The part of a queued chunk past the segment it was cut at (the next segment's start).
         self._carry: memoryview | None = None
+        #: Segments whose PUT was started (all of them are deleted by discard).
+        self._submitted = 0
 
     @property
     def started(self) -> bool:
@@ -263,6 +273,7 @@ class SegmentStream(_Segments, Upload):
                 future = self.store._executor().submit(self._put_segment, index, first, sent_all)
                 future.add_done_callback(lambda _f, event=sent_all: event.set())
                 futures.append(future)
+                self._submitted = len(futures)
                 sent_all.wait()
                 if future.done() and future.exception() is not None:
                     break
@@ -279,37 +290,54 @@ class SegmentStream(_Segments, Upload):
             while not self._eof and self._queue.get() is not None:
                 pass
 
+    def segment_size_at(self, index: int) -> int:
+        """The size of segment *index* of the stream: ``stream_segment_size`` (at most the
+        store's segment_size), doubled every ``SEGMENTS_PER_DOUBLING`` segments so that the
+        manifest's segment limit still allows very large files (~198 GB with 32 MiB), never
+        above the cluster's max_file_size."""
+        size = self.segment_size * 2 ** (index // SEGMENTS_PER_DOUBLING)
+        return max(min(size, self.store.max_file_size), 1)
+
     def _put_segment(self, index: int, first: bytes | memoryview,
                      sent_all: threading.Event) -> tuple[str, str, int]:
-        sent = 0
+        """PUT one segment, taking its bytes from the queue as they are sent; the views taken
+        are kept until Swift acknowledged the segment, so a failed attempt is sent again."""
+        limit = self.segment_size_at(index)
+        kept: list[memoryview] = []
+        pending: list[memoryview] = [memoryview(first)]
+        taken = 0
+        complete = False
 
-        def body() -> Iterator[memoryview]:
-            nonlocal sent
-            view = memoryview(first)
-            try:
-                while True:
-                    if self.aborted:
-                        raise OSError(errno.ECANCELED, "upload abandoned")
-                    room = self.segment_size - sent
-                    if len(view) > room:
-                        self._carry = view[room:]
-                        view = view[:room]
-                    if len(view):
-                        sent += len(view)
-                        yield view
-                    if sent >= self.segment_size or self._carry is not None:
-                        return
+        def chunks() -> Iterator[memoryview]:
+            nonlocal taken, complete
+            yield from list(kept)  # a retry: what the failed attempt took, then the rest
+            while not complete:
+                if self.aborted:
+                    raise OSError(errno.ECANCELED, "upload abandoned")
+                if pending:
+                    view = pending.pop()
+                else:
                     following = self._queue.get()
                     if following is None:
                         self._eof = True
-                        return
+                        complete = True
+                        break
                     view = memoryview(following)
-            finally:
-                sent_all.set()
+                room = limit - taken
+                if len(view) > room:
+                    self._carry = view[room:]
+                    view = view[:room]
+                if len(view):
+                    kept.append(view)
+                    taken += len(view)
+                    yield view
+                if taken >= limit or self._carry is not None:
+                    complete = True
+            sent_all.set()
 
         segment = self.segment_name(index)
-        etag = self.store._put_chunked(self.store.segment_container, segment, body())
-        return segment, strip_etag(etag) or "", sent
+        etag = self.store._put_chunked(self.store.segment_container, segment, chunks, cancelled=lambda: self.aborted)
+        return segment, strip_etag(etag) or "", taken
 
     def _wait(self) -> None:
         self._end()
@@ -328,7 +356,7 @@ class SegmentStream(_Segments, Upload):
         except FileExistsError:
             raise
         except BaseException:
-            self.discard()
+            self.discard(wait=False)
             raise
 
     def read_back(self, fd: int) -> int:
@@ -339,11 +367,10 @@ class SegmentStream(_Segments, Upload):
             self._check()
             offset = 0
             for segment, _etag, _length in self.segments:
-                _, body = self.store._call("get_object", self.store.segment_container, segment,
-                                           resp_chunk_size=SEND_CHUNK, name=segment)
-                for chunk in body:
-                    os.pwrite(fd, chunk, offset)
-                    offset += len(chunk)
+                with self.store._open_reader(segment, container=self.store.segment_container) as body:
+                    while chunk := body.read(SEND_CHUNK):
+                        os.pwrite(fd, chunk, offset)
+                        offset += len(chunk)
             if offset != self.accepted:
                 raise OSError(errno.EIO, f"read back {offset} of {self.accepted} bytes of {self.name}")
             return offset
@@ -364,7 +391,11 @@ class SegmentStream(_Segments, Upload):
 
         threading.Thread(target=cleanup, name="goblinfs-abort-stream", daemon=True).start()
 
-    def discard(self) -> None:
-        segments, self.segments = self.segments, []
-        self.store._delete_segments([(self.store.segment_container, segment) for segment, _, _ in segments])
+    def discard(self, wait: bool = True) -> None:
+        """Delete every segment this stream started (sent, failed or half sent; idempotent).
+        ``wait=False``: in the background, so a caller facing a dead Swift is not held."""
+        count, self._submitted = self._submitted, 0
+        self.segments = []
+        self.store._delete_segments([(self.store.segment_container, self.segment_name(index))
+                                     for index in range(count)], wait=wait)
 

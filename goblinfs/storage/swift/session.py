@@ -1,24 +1,92 @@
-"""The connection to Swift: a swiftclient Connection per thread, auth, error mapping, the
-worker pool, and the http.client chunked PUT used for streamed segments."""
+"""The connection to Swift: a swiftclient Connection per thread, auth, error mapping,
+retries and timeouts, the worker pool, and the http.client chunked PUT of streamed segments.
+
+Retries and timeouts (defaults, all per request):
+
+* Every attempt has a connect/read timeout of ``timeout`` seconds (option ``timeout``,
+  default 10 s): a Swift that accepts the connection but answers nothing is given up on then.
+* A request that fails in a transient way — HTTP 5xx, 408, 429, 498, 499, a refused, dropped
+  or reset connection, a timeout — is tried again after a jittered exponential back-off
+  (0.25 s doubling to 4 s, each wait drawn between half and all of it) for as long as the
+  next attempt can start at least a second before the request's deadline, ``retry_deadline``
+  seconds after it began (option ``retry_deadline``, default 25 s); an attempt's timeout is
+  cut to the time left (at least 1 s), so a request ends by its deadline.  Then the error is
+  raised (``StorageUnavailable``, EIO for the mount).  ``retries`` (default: no limit but the
+  deadline) caps the number of retries.
+* A GET whose body breaks off is resumed by a ranged GET with ``If-Match`` from the offset
+  reached (:class:`~goblinfs.storage.swift.io.SwiftReader`), within the same deadline.
+* An expired token (401) is renewed by swiftclient once per attempt (a new login) and the
+  request sent again; a refused login is never retried.
+* swiftclient's own retries are off (``retries=0`` on its Connection): they would stack on
+  top of these and hold a worker for minutes.  Bodies are resent from their start: local
+  files by ``reset()``, bytes as they are, streamed segments from the chunks the stream keeps
+  until Swift acknowledged the segment (:meth:`SwiftSession.put_chunked`).
+* A DELETE retried after an attempt whose answer was lost counts a 404 as done.
+* A connection that failed is closed, so the next request opens a fresh one: once Swift
+  answers again, new requests succeed at once.
+"""
 
 from __future__ import annotations
 
 import errno
 import http.client
 import logging
+import random
 import socket
 import threading
+import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
+import urllib3.exceptions
 from requests.exceptions import RequestException
 from swiftclient.client import ClientException, Connection
 
 from .. import StorageUnavailable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Per-attempt connect/read timeout (seconds), option ``timeout``.
+DEFAULT_TIMEOUT = 10.0
+#: Time within which one request is retried (seconds), option ``retry_deadline``.
+DEFAULT_RETRY_DEADLINE = 25.0
+#: First back-off before a retry, and the longest (seconds).
+FIRST_BACKOFF = 0.25
+MAX_BACKOFF = 4.0
+#: An attempt is only started with at least this much time left before the deadline.
+MIN_ATTEMPT = 1.0
+#: HTTP statuses worth another attempt (besides 5xx).
+TRANSIENT_STATUSES = frozenset({408, 429, 498, 499})
+#: Exceptions of the transport (connection refused, dropped, reset, timed out, bad framing).
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    RequestException, ConnectionError, TimeoutError, socket.timeout, socket.gaierror,
+    http.client.HTTPException, urllib3.exceptions.HTTPError)
+
+
+class _ChunkSourceError(Exception):
+    """An error raised by the chunks given to put_chunked (not by the network): never retried."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _TokenRefused(Exception):
+    """Swift answered 401 to a request sent with a token: log in again and resend."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed request is worth another attempt."""
+    if isinstance(exc, _TokenRefused):
+        return True
+    if isinstance(exc, ClientException):
+        status = exc.http_status
+        return status is not None and (status >= 500 or status in TRANSIENT_STATUSES)
+    return isinstance(exc, TRANSPORT_ERRORS)
 
 
 class AuthenticationFailed(StorageUnavailable):
@@ -35,7 +103,9 @@ class _AuthRefused(Exception):
 
 
 class _Connection(Connection):
-    """A swiftclient Connection that reports new tokens and never retries a refused login."""
+    """A swiftclient Connection that reports new tokens, never retries a refused login, takes
+    its timeout per attempt, and lets every PUT body be sent again (swiftclient's own retries
+    are off; :class:`SwiftSession` retries)."""
 
     def __init__(self, on_auth: Callable[[str, str], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -51,25 +121,61 @@ class _Connection(Connection):
         self._on_auth(url, token)
         return url, token
 
+    def set_timeout(self, timeout: float) -> None:
+        """The connect/read timeout of the next requests (the open HTTP connection's too)."""
+        self.timeout = timeout
+        if self.http_conn:
+            self.http_conn[1].requests_args["timeout"] = timeout
+
+    def put_object(self, container: str, obj: str, contents: Any, content_length: int | None = None,
+                   etag: str | None = None, chunk_size: int | None = None, content_type: str | None = None,
+                   headers: dict[str, str] | None = None, query_string: str | None = None,
+                   response_dict: dict[str, Any] | None = None) -> Any:
+        """swiftclient's put_object, with a body reset that works without swiftclient retries
+        (its re-login after a 401 sends the body again): bytes need none, file-like bodies
+        are reset (``reset(*args, **kwargs)``) or seeked back."""
+        from swiftclient.client import put_object
+
+        reset_func = None
+        if contents is not None and not isinstance(contents, (bytes, bytearray, memoryview, str)):
+            reset = getattr(contents, "reset", None)
+            tell = getattr(contents, "tell", None)
+            seek = getattr(contents, "seek", None)
+            if reset is not None:
+                reset_func = reset
+            elif tell is not None and seek is not None:
+                origin = tell()
+
+                def reset_func(*_args: Any, **_kwargs: Any) -> None:
+                    seek(origin)
+        return self._retry(reset_func, put_object, container, obj, contents, content_length=content_length,
+                           etag=etag, chunk_size=chunk_size, content_type=content_type, headers=headers,
+                           query_string=query_string, response_dict=response_dict)
 
 
 class SwiftSession:
     """What every request to one Swift account goes through.
 
-    Each thread gets its own :class:`Connection` (they share the last token obtained); errors
-    are mapped to the storage/OS errors; fan-out work runs on a bounded worker pool.
+    Each thread gets its own :class:`Connection` (they share the last token obtained); every
+    request is retried as the module docstring says and its errors are mapped to the
+    storage/OS errors; fan-out work runs on a bounded worker pool.
     """
 
     def __init__(self, *, auth_url: str, user: str, key: str, auth_version: str, os_options: dict[str, str],
-                 container: str, retries: int, timeout: float, workers: int) -> None:
+                 container: str, retries: int | None, timeout: float, workers: int,
+                 retry_deadline: float = DEFAULT_RETRY_DEADLINE) -> None:
         self.auth_url = auth_url
         self.user = user
         self.__key = key
         self.auth_version = auth_version
         self.os_options = os_options
         self.container = container
+        #: At most this many retries of one request (None: as many as the deadline allows).
         self.retries = retries
+        #: Connect/read timeout of one attempt.
         self.timeout = timeout
+        #: Seconds within which a request is retried.
+        self.retry_deadline = retry_deadline
         self.workers = workers
         self._local = threading.local()
         self._auth_lock = threading.Lock()
@@ -86,17 +192,22 @@ class SwiftSession:
         with self._auth_lock:
             self._auth = (url, token)
 
-    def new_connection(self) -> Connection:
+    def forget_token(self, token: str | None) -> None:
+        """Drop the shared token if it is this one (Swift refused it), so new connections log in."""
+        with self._auth_lock:
+            if self._auth is not None and self._auth[1] == token:
+                self._auth = None
+
+    def new_connection(self) -> _Connection:
         """A fresh Connection, starting from the last token any connection obtained."""
         with self._auth_lock:
             auth = self._auth
         return _Connection(
             self.remember_auth, authurl=self.auth_url, user=self.user, key=self.__key,
-            retries=self.retries, preauthurl=auth[0] if auth else None, preauthtoken=auth[1] if auth else None,
-            starting_backoff=0.5, max_backoff=8, os_options=dict(self.os_options),
-            auth_version=self.auth_version, timeout=self.timeout, retry_on_ratelimit=True)
+            retries=0, preauthurl=auth[0] if auth else None, preauthtoken=auth[1] if auth else None,
+            os_options=dict(self.os_options), auth_version=self.auth_version, timeout=self.timeout)
 
-    def conn(self) -> Connection:
+    def conn(self) -> _Connection:
         """This thread's Connection (the mount calls the store from several threads)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -121,23 +232,81 @@ class SwiftSession:
                 return PermissionError(errno.EACCES, f"Swift refused access (HTTP {status})", target)
             if status == 413:
                 return OSError(errno.EFBIG, "Swift refused the object as too large (HTTP 413)", target)
-            if status is None or status >= 500 or status in (408, 429, 498, 499):
+            if status is None or status >= 500 or status in TRANSIENT_STATUSES:
                 return StorageUnavailable(f"Swift at {self.where(conn)} failed for {target}: {exc.msg}"
                                           + (f" (HTTP {status})" if status else ""))
             return OSError(errno.EIO, f"Swift error (HTTP {status} {exc.http_reason}): {exc.msg}", target)
-        if isinstance(exc, (RequestException, ConnectionError, TimeoutError, socket.gaierror)):
+        if isinstance(exc, TRANSPORT_ERRORS):
             return StorageUnavailable(f"cannot reach Swift at {self.where(conn)}: {exc}")
         return None
 
+    # ---------------------------------------------------------------- retries
+
+    def deadline(self) -> float:
+        """The monotonic time by which a request starting now must be done."""
+        return time.monotonic() + self.retry_deadline
+
+    def retrying(self, attempt: Callable[[float], T], *, what: str, deadline: float | None = None,
+                 on_failure: Callable[[BaseException], None] | None = None) -> T:
+        """``attempt(timeout)`` until it succeeds, raises a non-transient error, or the deadline.
+
+        *timeout* is the time the attempt may take (the per-attempt timeout, less near the
+        deadline).  *on_failure* runs after each failed attempt (to drop a broken connection).
+        The last error is re-raised as it is; callers map it.
+        """
+        end = deadline if deadline is not None else self.deadline()
+        backoff = FIRST_BACKOFF
+        tries = 0
+        while True:
+            remaining = end - time.monotonic()
+            try:
+                return attempt(max(min(self.timeout, remaining), MIN_ATTEMPT))
+            except Exception as exc:
+                if on_failure is not None:
+                    on_failure(exc)
+                if not is_transient(exc):
+                    raise
+                tries += 1
+                # The last wait is shortened so that one more attempt fits before the deadline.
+                wait = min(random.uniform(backoff / 2, backoff), end - MIN_ATTEMPT - time.monotonic())
+                if (self.retries is not None and tries > self.retries) or wait < 0:
+                    log.warning("Swift request %s failed after %d attempt(s): %s", what, tries, exc)
+                    raise
+                log.info("Swift request %s failed (%s); attempt %d in %.2f s", what, exc, tries + 1, wait)
+                time.sleep(wait)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
     def call(self, method: str, *args: Any, name: str | None = None, conn: Connection | None = None,
-             passthrough: tuple[int, ...] = (), **kwargs: Any) -> Any:
-        """Run a swiftclient Connection method; map its errors to the storage/OS errors.
+             passthrough: tuple[int, ...] = (), deadline: float | None = None, **kwargs: Any) -> Any:
+        """Run a swiftclient Connection method, retried; map its errors to the storage/OS errors.
 
         ClientExceptions whose status is in *passthrough* are re-raised as they are.
         """
-        connection = conn or self.conn()
+        connection: Any = conn or self.conn()
+        body = args[2] if method == "put_object" and len(args) > 2 else None
+        attempts = 0
+
+        def attempt(timeout: float) -> Any:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and callable(getattr(body, "reset", None)):
+                body.reset()
+            if isinstance(connection, _Connection):
+                connection.set_timeout(timeout)
+            try:
+                return getattr(connection, method)(*args, **kwargs)
+            except ClientException as exc:
+                if method == "delete_object" and exc.http_status == 404 and attempts > 1:
+                    return None  # an earlier attempt deleted it; its answer was lost
+                raise
+
+        def failed(exc: BaseException) -> None:
+            if isinstance(exc, TRANSPORT_ERRORS):
+                connection.close()  # never reuse a connection that broke or timed out
+
+        what = f"{method} {name if name is not None else ''}".rstrip()
         try:
-            return getattr(connection, method)(*args, **kwargs)
+            return self.retrying(attempt, what=what, deadline=deadline, on_failure=failed)
         except ClientException as exc:
             if exc.http_status in passthrough:
                 raise
@@ -149,43 +318,99 @@ class SwiftSession:
                 raise
             raise mapped from exc
 
-    def put_chunked(self, container: str, name: str, chunks: Iterator[memoryview]) -> str | None:
+    def _auth_of(self, conn: _Connection, deadline: float) -> tuple[str, str]:
+        if not conn.url or not conn.token:
+            def login(timeout: float) -> tuple[str, str]:
+                conn.set_timeout(timeout)
+                return conn.get_auth()
+
+            try:
+                conn.url, conn.token = self.retrying(login, what="login", deadline=deadline)
+            except Exception as exc:
+                mapped = self.map_error(exc, None, conn)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+        return conn.url, conn.token
+
+    def put_chunked(self, container: str, name: str,
+                    chunks: Iterable[memoryview] | Callable[[], Iterable[memoryview]], *,
+                    deadline: float | None = None, cancelled: Callable[[], bool] | None = None) -> str | None:
         """PUT an object from chunks of unknown total size (chunked transfer encoding); its ETag.
 
         http.client, not swiftclient/requests: urllib3 frames each chunk with ``b"%x\r\n%b\r\n"
         % ...``, a copy that cost ~1 s of CPU per GiB here; this sends the frame and the data
-        separately.  The data cannot be sent twice, so a HEAD of the container first renews the
-        token if it expired (swiftclient re-authenticates on its 401).
+        separately.  *chunks* is a callable giving the chunks from the start for each attempt
+        (then the PUT is retried like any request, an expired token renewed on its 401), or a
+        plain iterable (then only retried while none of it was taken).  An error raised by the
+        chunks themselves, or *cancelled* becoming true, ends it without retry.
         """
         conn = self.conn()
-        self.call("head_container", container, name=container, conn=conn)
-        url, token = conn.url, conn.token
-        parsed = urllib.parse.urlsplit(url)
-        http_class = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
-        http_conn = http_class(parsed.hostname or "", parsed.port, timeout=self.timeout)
-        path = f"{parsed.path.rstrip('/')}/{urllib.parse.quote(container)}/{urllib.parse.quote(name)}"
+        end = deadline if deadline is not None else self.deadline()
+        resendable = callable(chunks)
+        taken = False
+        relogged = False
+
+        def source() -> Iterator[memoryview]:
+            nonlocal taken
+            iterable = chunks() if callable(chunks) else chunks
+            iterator = iter(iterable)
+            while True:
+                try:
+                    chunk = next(iterator)
+                except StopIteration:
+                    return
+                except Exception as exc:
+                    raise _ChunkSourceError(exc) from exc
+                taken = True
+                yield chunk
+
+        def attempt(timeout: float) -> str | None:
+            nonlocal relogged
+            if cancelled is not None and cancelled():
+                raise _ChunkSourceError(OSError(errno.ECANCELED, "upload abandoned"))
+            if taken and not resendable:
+                raise _ChunkSourceError(StorageUnavailable(f"PUT of {container}/{name} failed after its data was sent"))
+            url, token = self._auth_of(conn, end)
+            parsed = urllib.parse.urlsplit(url)
+            http_class = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
+            http_conn = http_class(parsed.hostname or "", parsed.port, timeout=timeout)
+            path = f"{parsed.path.rstrip('/')}/{urllib.parse.quote(container)}/{urllib.parse.quote(name)}"
+            try:
+                http_conn.putrequest("PUT", path, skip_accept_encoding=True)
+                http_conn.putheader("X-Auth-Token", token)
+                http_conn.putheader("Transfer-Encoding", "chunked")
+                http_conn.putheader("Content-Type", "application/octet-stream")
+                http_conn.endheaders()
+                for chunk in source():
+                    http_conn.send(b"%x\r\n" % len(chunk))
+                    http_conn.send(chunk)
+                    http_conn.send(b"\r\n")
+                http_conn.send(b"0\r\n\r\n")
+                response = http_conn.getresponse()
+                body = response.read()
+            finally:
+                http_conn.close()
+            if response.status == 401 and not relogged:
+                # An expired token: log in again and resend (once per call).
+                relogged = True
+                conn.url = conn.token = None  # type: ignore[assignment]
+                self.forget_token(token)
+                raise _TokenRefused(f"Swift refused the token for PUT {container}/{name}")
+            if response.status >= 300:
+                raise ClientException(f"Object PUT failed: {body[:200]!r}", http_status=response.status,
+                                      http_reason=response.reason)
+            return response.getheader("etag")
+
         try:
-            http_conn.putrequest("PUT", path, skip_accept_encoding=True)
-            http_conn.putheader("X-Auth-Token", token)
-            http_conn.putheader("Transfer-Encoding", "chunked")
-            http_conn.putheader("Content-Type", "application/octet-stream")
-            http_conn.endheaders()
-            for chunk in chunks:
-                http_conn.send(b"%x\r\n" % len(chunk))
-                http_conn.send(chunk)
-                http_conn.send(b"\r\n")
-            http_conn.send(b"0\r\n\r\n")
-            response = http_conn.getresponse()
-            body = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise StorageUnavailable(f"cannot reach Swift at {parsed.netloc}: {exc}") from exc
-        finally:
-            http_conn.close()
-        if response.status >= 300:
-            raise self.map_error(ClientException(  # type: ignore[misc]
-                f"Object PUT failed: {body[:200]!r}", http_status=response.status, http_reason=response.reason),
-                name, conn) or OSError(errno.EIO, f"Swift answered {response.status}")
-        return response.getheader("etag")
+            return self.retrying(attempt, what=f"PUT {container}/{name}", deadline=end)
+        except _ChunkSourceError as exc:
+            raise exc.error from None
+        except Exception as exc:
+            mapped = self.map_error(exc, name, conn)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     def executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
