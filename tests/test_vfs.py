@@ -369,7 +369,7 @@ async def test_appending_writer_streams_segments_before_close(env: Env) -> None:
         while len(_segment_names(env)) < 5:
             await trio.sleep(0.1)
     assert len(_segment_names(env)) == 5
-    assert os.fstat(node.staging_fd).st_size < 2 * 1048576  # only the start was staged
+    assert os.fstat(node.remote.fd).st_size < 2 * 1048576  # only the start was staged
     assert env.vfs.attr(node).size == len(data)
     with pytest.raises(FileNotFoundError):
         env.stores["public"].stat_file(["stream.bin"])  # nothing visible before close
@@ -443,11 +443,11 @@ async def test_failed_stream_gives_eio_and_changes_nothing(env: Env, monkeypatch
     real = store._put_chunked
     calls: list[str] = []
 
-    def failing(container: str, name: str, chunks: Any) -> Any:
+    def failing(container: str, name: str, chunks: Any, **kwargs: Any) -> Any:
         calls.append(name)
         if len(calls) >= 2:
             raise StorageUnavailable("injected: Swift went away")
-        return real(container, name, chunks)
+        return real(container, name, chunks, **kwargs)
 
     monkeypatch.setattr(store, "_put_chunked", failing)
     handle = await env.vfs.open(ino, os.O_WRONLY | os.O_TRUNC)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 import stat
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import trio
 
@@ -35,6 +37,7 @@ from .nodes import (
     ROOT_INO,
     XATTR_CONTENT_TYPE,
     XATTR_ETAG,
+    XATTR_STATUS,
     XATTR_URL,
     XATTRS,
     Attr,
@@ -67,8 +70,10 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, list[tuple[str, int]]] = {}
         self.dir_handles_nodes: dict[int, Node] = {}
-        #: Where background downloads run; set by the mount (or a test) before use.
-        self.nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None
+        self._recovery_started = False
+        #: goblinfs.status.ErrorLog of the mount (the last warnings and errors), if any.
+        self.error_log: Any = None
         #: Names recently created or deleted through us: (store, dir path) -> name -> (Entry|None, when).
         self.overlay: dict[tuple[str, ExactPath], dict[str, tuple[Entry | None, float]]] = {}
         root_store = stores[0] if single else None
@@ -77,6 +82,45 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         self.nodes[ROOT_INO] = root
         self.by_path[(root_store.name if root_store else None, ExactPath())] = ROOT_INO
         self.started = time.time_ns()
+
+    @property
+    def nursery(self) -> trio.Nursery | None:
+        """Where background work runs (downloads, recovery); set by the mount (or a test)."""
+        return self._nursery
+
+    @nursery.setter
+    def nursery(self, nursery: trio.Nursery | None) -> None:
+        self._nursery = nursery
+        if nursery is not None and not self._recovery_started:
+            # What an earlier run left in the journal is finished or set aside at once.
+            self._recovery_started = True
+            nursery.start_soon(self._recover_safely)
+
+    async def _recover_safely(self) -> None:
+        try:
+            await self.recover()
+        except Exception:  # never end the daemon
+            log.exception("recovery of the journal failed")
+
+    def status(self) -> dict[str, Any]:
+        """What ``goblinfs status`` shows: pending uploads, journal, recovered files, cache, errors."""
+        used, limit = 0, 0
+        if self.cache is not None:
+            usage = getattr(self.cache, "usage", None)
+            if usage is not None:
+                used, limit = usage()
+            else:
+                limit = int(getattr(self.cache, "max_bytes", 0))
+        errors = self.error_log.recent() if self.error_log is not None else []
+        return {
+            "pid": os.getpid(),
+            "stores": {name: {"kind": "local" if s.local else "swift"} for name, s in self.stores.items()},
+            "pending_uploads": self.pending_uploads(),
+            "journaled": self.journaled(),
+            "recovered": self.recovered(),
+            "cache": {"used": used, "limit": limit},
+            "errors": errors,
+        }
 
     # ------------------------------------------------------------------ inodes
 
@@ -96,7 +140,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
                 # The name changed kind behind our back: a new inode.
                 self._drop_path(node)
             else:
-                if node.staging is None and node.writers <= 0:
+                if node.remote is None and node.writers <= 0:
                     if entry.is_dir and not entry.mtime_ns and node.entry.mtime_ns:
                         entry = _with(entry, mtime_ns=node.entry.mtime_ns)  # listings lack dir mtimes
                     node.entry = entry
@@ -126,7 +170,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             self._maybe_free(node)
 
     def _maybe_free(self, node: Node) -> None:
-        if node.lookups <= 0 and node.open_count <= 0 and node.staging is None and node.download is None:
+        if node.lookups <= 0 and node.open_count <= 0 and node.remote is None and node.download is None:
             self._drop_path(node)
             self.nodes.pop(node.ino, None)
 
@@ -140,11 +184,8 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         else:
             mode = stat.S_IFREG | (0o666 & ~opts.umask)
             nlink = 0 if node.unlinked else 1
-            size = node.entry.size
-            if node.upload is not None and node.upload.started:
-                size = node.upload_end
-            elif node.staging_fd is not None and not node.stale:
-                size = os.fstat(node.staging_fd).st_size
+            staged = self._staged_size(node)
+            size = node.entry.size if staged is None else staged
         if opts.ro:
             mode &= ~0o222
         mtime = node.entry.mtime_ns if node.ino != ROOT_INO or node.store else self.started
@@ -154,8 +195,9 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             # the mount time for now and let the kernel ask again (getattr fetches it once).
             mtime = self.started
             timeout = 0
-        if node.pending_mtime is not None:
-            mtime = node.pending_mtime
+        pending = self._pending_mtime(node)
+        if pending is not None:
+            mtime = pending
         return Attr(ino=node.ino, mode=mode, size=size, mtime_ns=mtime, uid=opts.uid, gid=opts.gid, nlink=nlink,
                     timeout=timeout)
 
@@ -216,14 +258,12 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         node = await self._lookup(parent, self._decode(name))
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory")
-        if node.dirty:
-            # Written but not uploaded yet: nothing to delete remotely unless it existed before.
-            node.dirty = False
-        self._abort_upload(node)
+        staged = node.remote is not None
+        await self._unlink_remote(node)
         try:
             await store.call(store.storage.delete_file, node.path)
         except FileNotFoundError:
-            if node.staging is None:
+            if not staged:  # written here and never stored: nothing to delete
                 raise
         if self.cache is not None and not store.local:
             self.cache.invalidate(store.storage, node.path)
@@ -262,8 +302,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
                 raise OSError(errno.ENOTDIR, "target is not a directory")
             ino = self.by_path.get((store.name, new_path))
             replaced = self.nodes.get(ino) if ino is not None else None
-        if node.dirty:
-            await self._upload(node)
+        await self.publish_pending(node)
         await store.call(store.storage.move, node.path, new_path)
         if self.cache is not None and not store.local:
             self.cache.invalidate(store.storage, node.path)
@@ -278,6 +317,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             replaced.unlinked = True
         self._repath(node, store, old_path, new_path)
         node.entry = moved_entry
+        self.after_rename(node)
 
     def _repath(self, node: Node, store: StoreMount, old: ExactPath, new: ExactPath) -> None:
         """Move a node (and every known node below it) from old to new."""
@@ -336,11 +376,8 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         else:
             entry = Entry(name=clean, is_dir=False, size=0, mtime_ns=now, etag=None)
             node = self._node_for(store, path, entry)
-            self._start_staging(node, None)
-            node.dirty = True
-            node.absent = True
-            node.writers += 1
-            handle = self._new_handle(node, node.staging_fd, True, False, append=bool(flags & os.O_APPEND))
+            node.unlinked = False
+            handle = await self._create_remote(node, append=bool(flags & os.O_APPEND))
         self._note_child(parent, clean, entry)
         node.lookups += 1
         node.unlinked = False
@@ -370,23 +407,12 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             if truncate:
                 node.entry = _with(node.entry, size=0, mtime_ns=time.time_ns())
             return handle
-        async with node.lock:
-            if writable:
-                if node.staging is None:
-                    await self._stage_existing(node, truncate)
-                elif truncate:
-                    self._abort_upload(node)
-                    os.ftruncate(node.staging_fd, 0)  # type: ignore[arg-type]
-                    node.stale = False
-                    self._begin_upload(node)
-                    node.dirty = True
-                if truncate:
-                    node.dirty = True
-                node.writers += 1
-                return self._new_handle(node, node.staging_fd, True, False, append=append)
-            if node.staging is not None:
-                return self._new_handle(node, node.staging_fd, False, False)
-            return await self._open_remote_read(node)
+        if writable:
+            return await self._open_remote_write(node, truncate, append)
+        staged = self._open_staged_read(node)
+        if staged is not None:
+            return staged
+        return await self._open_remote_read(node)
 
     async def setattr(self, ino: int, size: int | None = None, mtime_ns: int | None = None,
                       fh: int | None = None) -> Attr:
@@ -400,22 +426,33 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         if size is not None:
             if node.is_dir:
                 raise OSError(errno.EISDIR, "is a directory")
-            await self._truncate(node, size, fh)
-        if mtime_ns is not None:
-            if store.local or node.is_dir:
-                await store.call(store.storage.set_mtime, node.path, mtime_ns)
-                node.entry = _with(node.entry, mtime_ns=mtime_ns)
-            elif node.dirty:
-                node.pending_mtime = mtime_ns
+            if store.local:
+                await self._truncate_local(node, size, fh)
             else:
+                await self._truncate_remote(node, size, fh)
+        if mtime_ns is not None:
+            if store.local or node.is_dir or not self._set_pending_mtime(node, mtime_ns):
                 await store.call(store.storage.set_mtime, node.path, mtime_ns)
                 node.entry = _with(node.entry, mtime_ns=mtime_ns)
-                if node.staging is not None:
-                    node.pending_mtime = None
             parent_ino = self.by_path.get((store.name, node.path.parent))
             if parent_ino is not None:
                 self._note_child(self.nodes[parent_ino], node.path[-1], node.entry)
         return self.attr(node)
+
+    async def _truncate_local(self, node: Node, size: int, fh: int | None) -> None:
+        store = node.store
+        assert store is not None
+        handle = self.handles.get(fh) if fh is not None else None
+        if handle is not None and handle.fd is not None and handle.writable:
+            os.ftruncate(handle.fd, size)
+        else:
+            fd = await store.call(store.storage.open_fd, node.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
+        node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())
+        self._touch_parent(node)
 
     # ------------------------------------------------------------------ misc
 
@@ -445,6 +482,9 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         """user.goblinfs.url / etag / content_type; ENODATA for anything else."""
         node = self.node(ino)
         key = name.decode("utf-8", "surrogateescape")
+        if key == XATTR_STATUS and ino == ROOT_INO:
+            doc = self.status()
+            return json.dumps(doc).encode()
         if key not in XATTRS or node.store is None or node.is_dir and key != XATTR_URL:
             raise OSError(errno.ENODATA, "no such attribute")
         store = node.store
@@ -456,7 +496,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             except InvalidFilepath:
                 raise OSError(errno.ENODATA, "no URL for this name") from None
             return url.encode()
-        if node.dirty:
+        if self.is_dirty(node):
             raise OSError(errno.ENODATA, "not uploaded yet")
         entry = node.entry
         if store.local or entry.etag is None or entry.content_type is None:

@@ -130,7 +130,7 @@ class ListingMixin:
         """Attributes, refreshed from the parent's listing when older than attr_timeout."""
         node = self.node(ino)
         await self._dir_mtime(node)
-        if (node.store is not None and node.path and node.staging is None and not node.unlinked
+        if (node.store is not None and node.path and node.remote is None and not node.unlinked
                 and time.monotonic() - node.fetched > self.options.attr_timeout):
             try:
                 parent = self._parent_of(node)

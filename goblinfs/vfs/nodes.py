@@ -17,11 +17,11 @@ from ..storage import (
     Entry,
     ExactPath,
     StorageInterface,
-    Upload,
 )
 
 if TYPE_CHECKING:
     from .reads import Download
+    from .writes import RemoteFile
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ XATTR_URL = "user.goblinfs.url"
 XATTR_ETAG = "user.goblinfs.etag"
 XATTR_CONTENT_TYPE = "user.goblinfs.content_type"
 XATTRS = (XATTR_URL, XATTR_ETAG, XATTR_CONTENT_TYPE)
+#: On the mount's root: the daemon's status as JSON (``goblinfs status``).
+XATTR_STATUS = "user.goblinfs.status"
 
 
 @dataclass
@@ -56,6 +58,9 @@ class Options:
     stream_threshold: int = 4 * 1048576
     #: Where remote writes are staged (the workbench).
     staging_dir: str = field(default_factory=tempfile.gettempdir)
+    #: The workbench (journal/ and recovered/ live there); None: the parent of staging_dir when
+    #: that is named "staging", else no journal (tests that stage in a temporary directory).
+    workbench_dir: str | None = None
     #: How long names we created/deleted override a (possibly stale) remote listing.
     overlay_seconds: float = 60.0
 
@@ -100,9 +105,8 @@ class Node:
     """An inode: a file or directory of one store (or the mount's root)."""
 
     __slots__ = ("ino", "store", "path", "is_dir", "entry", "fetched", "lookups", "children", "children_time",
-                 "open_count", "staging", "staging_fd", "dirty", "writers", "pending_mtime", "lock",
-                 "download", "keep_cache_etag", "local_fd_size", "unlinked", "absent", "upload", "upload_end",
-                 "stale", "__weakref__")
+                 "open_count", "writers", "lock", "download", "keep_cache_etag", "local_fd_size", "unlinked",
+                 "remote", "__weakref__")
 
     def __init__(self, ino: int, store: StoreMount | None, path: ExactPath, entry: Entry) -> None:
         self.ino = ino
@@ -115,32 +119,22 @@ class Node:
         self.children: dict[str, Entry] | None = None
         self.children_time = 0.0
         self.open_count = 0
-        self.staging: str | None = None
-        self.staging_fd: int | None = None
-        self.dirty = False
         self.writers = 0
-        self.pending_mtime: int | None = None
+        #: Serialises every change of a remote file being written (goblinfs.vfs.writes).
         self.lock = trio.Lock()
         self.download: Download | None = None
         self.keep_cache_etag: str | None = None
         self.local_fd_size: int | None = None
         self.unlinked = False
-        #: Created here and not uploaded yet: the store had nothing at this path when we looked.
-        self.absent = False
-        #: Remote, written from empty and only appended to so far: past upload.begin_at bytes,
-        #: appended data goes to the store as it comes (not to the staging file).
-        self.upload: Upload | None = None
-        #: Bytes appended so far (while upload is set).
-        self.upload_end = 0
-        #: The staging file lacks what a finished stream sent: refill it before using it.
-        self.stale = False
+        #: A remote file being written here: its staging file and write state (writes.RemoteFile).
+        self.remote: RemoteFile | None = None
 
     def __repr__(self) -> str:
         where = self.store.name if self.store else "-"
         return f"<Node {self.ino} {where}:{'/'.join(self.path)}>"
 
 
-@dataclass
+@dataclass(eq=False)
 class Handle:
     """An open file: the fd it reads and writes (backing file, cached copy or staging file)."""
 
@@ -152,6 +146,8 @@ class Handle:
     append: bool = False
     keep_cache: bool = True
     download: Download | None = None
+    #: The remote file being written that this handle reads or writes through (read-your-writes).
+    remote: RemoteFile | None = None
 
 
 

@@ -1,109 +1,419 @@
-"""Remote writes: staging, streaming uploads, publication at flush/fsync/release."""
+"""Remote writes: one explicit state machine per remote file being written.
+
+A remote (Swift) file opened for writing gets a :class:`RemoteFile`: one staging file in the
+workbench shared by every handle of the inode, and a :class:`WriteState`.  Every change of
+state goes through :meth:`RemoteFile.fire` with an event; the table :data:`TRANSITIONS` is the
+whole machine (docs/design.md prints it) and any other transition is a bug, raised as EIO.
+Every operation that changes a RemoteFile (open, write, truncate, flush, fsync, release,
+rename, unlink, publication) holds ``node.lock`` for its whole duration, awaits included.
+
+The promises this module keeps (README, "Guarantees"):
+
+* durable close: flush/fsync return only once the store holds the staged bytes;
+* old-or-new: the stored object is replaced only by a complete publication; an ``O_TRUNC``
+  open with nothing written after it (dd's and the shell's early close of a duplicated
+  descriptor) is not published by a flush, only by fsync, an explicit truncate, or the
+  release of the last writer; a failed write (ENOSPC, a stream that failed) makes the file
+  FAILED: nothing of it is ever published, every later write/flush/fsync reports the error;
+* nothing unnamed: the journal (goblinfs.vfs.journal) records every file with unpublished
+  data; ``recover`` at the next mount publishes what a close had asked for, and keeps
+  everything else under ``<workbench>/recovered/``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import functools
+import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from ..storage import Entry, ExactPath, Upload
+from .journal import Journal, list_recovered, recovered_path
 from .nodes import Handle, Node, StoreMount, _with
+
+if TYPE_CHECKING:
+    from ..workbench import ReadCache
+    from .nodes import Options
 
 log = logging.getLogger(__name__)
 
+
+class WriteState(enum.Enum):
+    """Where the content of a remote file being written stands."""
+
+    #: The staging file holds exactly the stored object: nothing to publish.
+    CLEAN = "clean"
+    #: Opened with O_TRUNC over a stored object and nothing written since: the store keeps the
+    #: old object until fsync, an explicit truncate, or the release of the last writer.
+    TRUNCATED = "truncated"
+    #: The staging file holds the whole file, changed and not published.
+    DIRTY = "dirty"
+    #: Written from empty and only appended to, past the upload's begin_at: the start is in
+    #: the staging file, the rest in the stream's segments (not visible before finish).
+    STREAMING = "streaming"
+    #: Being published (under the lock: nobody else sees this state but status).
+    PUBLISHING = "publishing"
+    #: A close or fsync asked for publication and it failed: retried at release, unmount and
+    #: the next mount (journaled).
+    SEALED = "sealed"
+    #: Published by finishing a stream: the staging file holds only the start; the next use
+    #: refills it from the store.
+    STALE = "stale"
+    #: A write was lost (no space, stream failure): nothing of this content is ever published;
+    #: writes, flush and fsync report the error until the last writer is released.
+    FAILED = "failed"
+    #: Unlinked while open: handles go on locally, nothing is published.
+    DETACHED = "detached"
+    #: Ended: the staging file was handed to the cache or removed.
+    ENDED = "ended"
+
+
+S = WriteState
+
+#: (state, event) -> next state.  Everything the machine does; anything else is a bug.
+TRANSITIONS: dict[tuple[WriteState, str], WriteState] = {
+    # writes: O_TRUNC at open keeps the old object until real content comes
+    **{(s, "open_trunc"): S.TRUNCATED for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED, S.STALE,
+                                                 S.FAILED)},
+    **{(s, "write"): S.DIRTY for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.SEALED)},
+    (S.STREAMING, "write"): S.STREAMING,
+    (S.DETACHED, "write"): S.DETACHED,
+    (S.DIRTY, "stream"): S.STREAMING,
+    **{(s, "truncate"): S.DIRTY for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.SEALED)},
+    (S.DETACHED, "truncate"): S.DETACHED,
+    # making the staging file whole again before a read, a truncate or a non-append write
+    (S.STREAMING, "read_back"): S.DIRTY,
+    (S.STALE, "refill"): S.CLEAN,
+    # publication
+    **{(s, "publish"): S.PUBLISHING for s in (S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED)},
+    (S.PUBLISHING, "published"): S.CLEAN,
+    (S.PUBLISHING, "published_stream"): S.STALE,
+    (S.PUBLISHING, "publish_failed"): S.SEALED,
+    # losing data the writer was told was written
+    **{(s, "write_failed"): S.FAILED for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED, S.STALE,
+                                                S.PUBLISHING, S.FAILED)},
+    (S.DETACHED, "write_failed"): S.DETACHED,
+    # the name goes away
+    **{(s, "unlink"): S.DETACHED for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED, S.STALE,
+                                          S.FAILED, S.DETACHED)},
+    # the end: only from states with nothing left to publish
+    **{(s, "end"): S.ENDED for s in (S.CLEAN, S.STALE, S.FAILED, S.DETACHED)},
+}
+
+#: States whose content a flush publishes (TRUNCATED waits for fsync or the last release).
+FLUSH_PUBLISHES = (S.DIRTY, S.STREAMING, S.SEALED)
+#: States whose content fsync, the last release, rename and unmount publish.
+PENDING = (S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED)
+#: States whose journal record names data to recover after a crash.
+JOURNALED = (S.TRUNCATED, S.DIRTY, S.STREAMING, S.PUBLISHING, S.SEALED)
+
+
+class StateError(Exception):
+    """A transition the table does not allow (a bug; the caller gets EIO)."""
+
+
+@dataclass(eq=False)
+class RemoteFile:
+    """A remote file being written here: staging file, write state, pending upload."""
+
+    node: Node
+    staging: str
+    fd: int
+    state: WriteState
+    #: ETag of the stored object this content started from (None: nothing was stored).
+    base_etag: str | None
+    #: Nothing was stored at the name when we looked (a create): publish with If-None-Match.
+    absent: bool
+    journal_id: str
+    #: The stream of a file written from empty while it is only appended to.
+    upload: Upload | None = None
+    #: Bytes appended so far while ``upload`` is set.
+    upload_end: int = 0
+    #: mtime set while unpublished (utimens before close): sent with the data.
+    pending_mtime: int | None = None
+    #: The error every write/flush/fsync reports once FAILED.
+    error: OSError | None = None
+    #: Read-only handles reading through this file (each owns a dup of fd).
+    readers: set[Handle] = field(default_factory=set)
+    since: float = field(default_factory=time.time)
+    #: Whether the content came from publication requests only (a close or fsync asked).
+    last_event: str = ""
+
+    def fire(self, event: str) -> WriteState:
+        """Move to the state the table gives for (state, event); StateError if none."""
+        new = TRANSITIONS.get((self.state, event))
+        if new is None:
+            raise StateError(f"{'/'.join(self.node.path)}: no transition from {self.state.value} on {event}")
+        if new is not self.state:
+            log.debug("%s: %s --%s--> %s", "/".join(self.node.path), self.state.value, event, new.value)
+        self.state = new
+        self.last_event = event
+        return new
+
+    def size(self) -> int:
+        if self.state is S.STREAMING:
+            return self.upload_end
+        return os.fstat(self.fd).st_size
+
+
+def _write_all(fd: int, data: bytes | memoryview, offset: int) -> int:
+    """pwrite all of data at offset (a short write is continued; errors raise)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        written = os.pwrite(fd, view[done:], offset + done)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "no space left in the workbench")
+        done += written
+    return done
+
+
+def _copy_into(source: str, fd: int) -> None:
+    """Copy the file source into fd from offset 0 (ENOSPC and other errors raise)."""
+    size = os.stat(source).st_size
+    with open(source, "rb") as src:
+        offset = 0
+        while offset < size:
+            copied = os.copy_file_range(src.fileno(), fd, size - offset, offset, offset)
+            if not copied:
+                raise OSError(errno.EIO, f"{source} shrank while being copied")
+            offset += copied
+
+
+def _md5_file(path: str) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1048576):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class WritesMixin:
     """Writes of the Vfs (mixed into it)."""
 
-    async def _stage_existing(self, node: Node, truncate: bool) -> None:
-        """Start a staging file for a remote file, with its current content unless truncating."""
-        store = node.store
+    options: Options
+    cache: ReadCache | None
+    stores: dict[str, StoreMount]
+    handles: dict[int, Handle]
+    by_path: dict[tuple[str | None, ExactPath], int]
+    nodes: dict[int, Node]
+    overlay: dict[tuple[str, ExactPath], dict[str, tuple[Entry | None, float]]]
+
+    # ------------------------------------------------------------------ workbench places
+
+    def _workbench(self) -> str | None:
+        if self.options.workbench_dir:
+            return self.options.workbench_dir
+        staging = os.path.abspath(self.options.staging_dir)
+        if os.path.basename(staging) == "staging":
+            return os.path.dirname(staging)
+        return None
+
+    @functools.cached_property
+    def journal(self) -> Journal | None:
+        workbench = self._workbench()
+        return Journal(os.path.join(workbench, "journal")) if workbench else None
+
+    @property
+    def recovered_dir(self) -> str | None:
+        workbench = self._workbench()
+        return os.path.join(workbench, "recovered") if workbench else None
+
+    def _journal(self, rf: RemoteFile) -> None:
+        """Write or drop rf's journal record after a change of state."""
+        journal = self.journal
+        if journal is None:
+            return
+        if rf.state not in JOURNALED:
+            journal.remove(rf.journal_id)
+            return
+        store = rf.node.store
         assert store is not None
-        source: str | None = None
-        if not truncate and node.entry.size > 0:
-            entry = await store.call(store.storage.stat_file, node.path)
-            if self.cache is not None:
-                source = await store.call(self.cache.localize, store.storage, node.path, entry.etag or "")
-        self._start_staging(node, source)
+        upload = rf.upload
+        record = {"store": store.name, "path": list(rf.node.path), "staging": rf.staging, "state": rf.state.value,
+                  "base_etag": rf.base_etag, "absent": rf.absent, "mtime_ns": rf.pending_mtime,
+                  "upload_id": getattr(upload, "upload_id", None) if upload is not None else None,
+                  "streamed": upload is not None and upload.started, "time": time.time()}
+        try:
+            journal.write(rf.journal_id, record)
+        except OSError as exc:
+            log.error("cannot journal %s in %s: %s", "/".join(rf.node.path), journal.directory, exc)
 
-    def _start_staging(self, node: Node, source: str | None) -> None:
+    def _fire(self, rf: RemoteFile, event: str) -> WriteState:
+        before = rf.state
+        try:
+            state = rf.fire(event)
+        except StateError as exc:
+            log.error("%s", exc)
+            raise OSError(errno.EIO, str(exc)) from None
+        if state is not before:
+            self._journal(rf)
+        return state
+
+    # ------------------------------------------------------------------ beginning
+
+    def _new_remote(self, node: Node, state: WriteState, base_etag: str | None, absent: bool,
+                    source: str | None) -> RemoteFile:
+        """A RemoteFile with a new staging file (a copy of source, or empty)."""
         fd, path = tempfile.mkstemp(prefix="staging-", dir=self.options.staging_dir)
-        if source is not None:
-            _copy_into(source, fd)
-        node.staging = path
-        node.staging_fd = fd
-        node.stale = False
+        try:
+            if source is not None:
+                _copy_into(source, fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        rf = RemoteFile(node=node, staging=path, fd=fd, state=state, base_etag=base_etag, absent=absent,
+                        journal_id=Journal.new_id())
+        node.remote = rf
         if source is None:
-            self._begin_upload(node)
+            self._begin_upload(rf)
+        self._journal(rf)
+        return rf
 
-    def _begin_upload(self, node: Node) -> None:
+    def _begin_upload(self, rf: RemoteFile) -> None:
         """Written from empty: if the writer only appends, big files stream to the store."""
-        node.upload = None
-        node.upload_end = 0
-        if node.store is not None:
-            try:
-                node.upload = node.store.storage.start_upload(node.path)
-            except Exception as exc:  # uploading at close still works
-                log.debug("no streaming upload of %s: %s", "/".join(node.path), exc)
+        rf.upload = None
+        rf.upload_end = 0
+        store = rf.node.store
+        if store is None:
+            return
+        try:
+            rf.upload = store.storage.start_upload(rf.node.path)
+        except Exception as exc:  # uploading at close still works
+            log.debug("no streaming upload of %s: %s", "/".join(rf.node.path), exc)
 
-    def _abort_upload(self, node: Node) -> None:
-        """Drop a stream that is not needed any more (the file is gone or truncated)."""
-        upload, node.upload = node.upload, None
+    def _abort_upload(self, rf: RemoteFile) -> None:
+        """Drop a stream that is not needed any more (its segments are deleted)."""
+        upload, rf.upload = rf.upload, None
         if upload is not None:
             upload.abort()
 
-    def _stream_failed(self, node: Node, exc: BaseException) -> OSError:
-        """The bytes handed to a failed stream are gone: the file cannot be completed."""
-        log.error("upload of %s failed while streaming; this write is lost: %s", "/".join(node.path), exc)
-        self._abort_upload(node)
-        node.dirty = False
-        node.stale = True
-        return OSError(errno.EIO, f"upload failed: {exc}")
+    async def _create_remote(self, node: Node, append: bool) -> Handle:
+        """A new remote file (create): empty staging, published at the first close."""
+        async with node.lock:
+            rf = self._new_remote(node, S.TRUNCATED, None, True, None)
+            self._fire(rf, "write")  # a new name is content: even empty, the first close stores it
+            node.writers += 1
+            handle = self._new_handle(node, rf.fd, True, False, append=append)  # type: ignore[attr-defined]
+            handle.remote = rf
+            return handle
 
-    async def _settle_staging(self, node: Node) -> None:
-        """Make the staging file hold the whole file again (before a read, a truncate or a
-        write that does not append): a running stream is read back, a stale file refilled."""
+    async def _open_remote_write(self, node: Node, truncate: bool, append: bool) -> Handle:
+        """Open a remote file for writing: staging started (a copy of the object unless O_TRUNC)."""
         store = node.store
-        assert store is not None and node.staging_fd is not None
-        upload = node.upload
+        assert store is not None
+        async with node.lock:
+            rf = node.remote
+            if rf is not None and rf.state is S.FAILED and not truncate:
+                raise rf.error or OSError(errno.EIO, "an earlier write to this file failed")
+            if rf is None:
+                if truncate:
+                    rf = self._new_remote(node, S.TRUNCATED, node.entry.etag, False, None)
+                else:
+                    entry = await store.call(store.storage.stat_file, node.path)
+                    source = None
+                    if entry.size > 0:
+                        assert self.cache is not None
+                        source = await store.call(self.cache.localize, store.storage, node.path, entry.etag or "")
+                    rf = self._new_remote(node, S.CLEAN, entry.etag, False, source)
+                    node.entry = _with(entry, name=node.path[-1])
+            elif truncate:
+                self._abort_upload(rf)
+                os.ftruncate(rf.fd, 0)
+                rf.error = None
+                self._fire(rf, "open_trunc")
+                self._begin_upload(rf)
+            node.writers += 1
+            handle = self._new_handle(node, rf.fd, True, False, append=append)  # type: ignore[attr-defined]
+            handle.remote = rf
+            return handle
+
+    def _open_staged_read(self, node: Node) -> Handle | None:
+        """A read-only handle on a file being written here: it reads the staging file (read-your-
+        writes) through its own descriptor, which keeps the published content once writing ends."""
+        rf = node.remote
+        if rf is None or rf.state in (S.ENDED, S.DETACHED):
+            return None
+        handle = self._new_handle(node, os.dup(rf.fd), False, True)  # type: ignore[attr-defined]
+        handle.remote = rf
+        rf.readers.add(handle)
+        return handle
+
+    # ------------------------------------------------------------------ making the staging file whole
+
+    async def _settle(self, rf: RemoteFile) -> None:
+        """(lock held) Make the staging file hold the whole file: a stream is read back, a
+        stale file refilled from the store."""
+        store = rf.node.store
+        assert store is not None
+        upload = rf.upload
         if upload is not None and upload.started:
-            node.upload = None
+            rf.upload = None
             try:
-                await store.call(upload.read_back, node.staging_fd)
+                await store.call(upload.read_back, rf.fd)
             except Exception as exc:
-                raise self._stream_failed(node, exc) from exc
+                raise self._lose(rf, exc) from exc
+            self._fire(rf, "read_back")
         elif upload is not None:
-            self._abort_upload(node)  # not started: the staging file holds everything
-        if node.stale:
+            self._abort_upload(rf)  # not started: the staging file holds everything
+        if rf.state is S.STALE:
             source = None
             try:
-                entry = await store.call(store.storage.stat_file, node.path)
+                entry = await store.call(store.storage.stat_file, rf.node.path)
                 if self.cache is not None:
-                    source = await store.call(self.cache.localize, store.storage, node.path, entry.etag or "")
+                    source = await store.call(self.cache.localize, store.storage, rf.node.path, entry.etag or "")
+                rf.base_etag = entry.etag
             except FileNotFoundError:
-                pass
-            os.ftruncate(node.staging_fd, 0)
+                rf.base_etag = None
+                rf.absent = True
+            os.ftruncate(rf.fd, 0)
             if source is not None:
-                _copy_into(source, node.staging_fd)
-            node.stale = False
+                _copy_into(source, rf.fd)
+            self._fire(rf, "refill")
+
+    def _lose(self, rf: RemoteFile, exc: BaseException) -> OSError:
+        """A write the caller was told succeeded cannot be completed: FAILED, old object kept."""
+        code = exc.errno if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
+        log.error("%s: a write was lost, the stored object is left as it was: %s", "/".join(rf.node.path), exc)
+        self._abort_upload(rf)
+        rf.error = OSError(code, f"write failed: {exc}")
+        if rf.state is not S.DETACHED:
+            self._fire(rf, "write_failed")
+        return OSError(code, str(rf.error))
+
+    # ------------------------------------------------------------------ reads and writes
 
     async def _staged_read(self, handle: Handle, offset: int, size: int) -> bytes | memoryview | None:
         """A read of a handle on a file being written here (read-your-writes), or None: not staged."""
-        node = handle.node
-        if handle.fd is None or handle.fd != node.staging_fd:
+        rf = handle.remote
+        if rf is None:
             return None
-        if node.stale or node.upload is not None:
-            async with node.lock:
-                await self._settle_staging(node)
-        return await self._pread(handle.fd, node, size, offset)
+        node = handle.node
+        if node.remote is not rf:
+            # Writing ended: a reader's own descriptor holds what was published.
+            if rf.state is not S.ENDED or rf.error is not None or handle.fd is None:
+                raise OSError(errno.EIO, "the file this handle read was not published")
+            return await self._pread(handle.fd, node, size, offset)  # type: ignore[attr-defined]
+        async with node.lock:
+            if rf.state is S.FAILED:
+                raise OSError(errno.EIO, "an earlier write to this file failed")
+            if rf.state in (S.STREAMING, S.STALE) or (rf.upload is not None and rf.upload.started):
+                await self._settle(rf)
+            return await self._pread(rf.fd, node, size, offset)  # type: ignore[attr-defined]
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
-        """Write at offset (at the end for O_APPEND); local: into the file, remote: the staging file."""
-        handle = self.handle(fh)
+        """Write at offset (at the end for O_APPEND); local: into the file, remote: staged."""
+        handle = self.handle(fh)  # type: ignore[attr-defined]
         if not handle.writable or handle.fd is None:
             raise OSError(errno.EBADF, "not open for writing")
         node = handle.node
@@ -116,8 +426,8 @@ class WritesMixin:
                 offset = os.fstat(handle.fd).st_size
             written = os.pwrite(handle.fd, data, offset)
         end = offset + written
-        if end > node.entry.size or node.pending_mtime is not None:
-            node.entry = _with(node.entry, size=max(node.entry.size, end), mtime_ns=time.time_ns())
+        if end > node.entry.size:
+            node.entry = _with(node.entry, size=end, mtime_ns=time.time_ns())
             self._touch_parent(node)
         else:
             node.entry = _with(node.entry, mtime_ns=time.time_ns())
@@ -125,36 +435,46 @@ class WritesMixin:
 
     async def _write_remote(self, handle: Handle, node: Node, store: StoreMount, offset: int,
                             data: bytes) -> tuple[int, int]:
-        """A write to a remote file: appended to its stream, or into the staging file.
-        Returns (offset written at, bytes written)."""
-        assert handle.fd is not None
-        upload = node.upload
+        """(lock held) A write to a remote file: appended to its stream, or into the staging
+        file.  Returns (offset written at, bytes written)."""
+        rf = handle.remote
+        if rf is None or node.remote is not rf:
+            raise OSError(errno.EBADF, "this handle's file is no longer being written")
+        if rf.state is S.FAILED:
+            assert rf.error is not None
+            raise OSError(rf.error.errno, rf.error.strerror)
+        upload = rf.upload
         if handle.append and upload is not None:
-            offset = node.upload_end
-        if node.stale or (upload is not None and offset != node.upload_end):
-            await self._settle_staging(node)  # ends the upload
+            offset = rf.upload_end
+        if rf.state is S.STALE or (upload is not None and offset != rf.upload_end):
+            await self._settle(rf)  # ends the upload
             upload = None
         if handle.append and upload is None:
-            offset = os.fstat(handle.fd).st_size
-        node.dirty = True
-        node.pending_mtime = None
+            offset = os.fstat(rf.fd).st_size
+        rf.pending_mtime = None
         if upload is not None and upload.started:
             try:
                 if not upload.offer(data):
                     await store.call(upload.put, data)
             except Exception as exc:
-                raise self._stream_failed(node, exc) from exc
-            node.upload_end += len(data)
+                raise self._lose(rf, exc) from exc
+            rf.upload_end += len(data)
+            self._fire(rf, "write")
             return offset, len(data)
-        written = os.pwrite(handle.fd, data, offset)
-        if upload is not None:
-            node.upload_end += written
-            if node.upload_end > upload.begin_at:
+        try:
+            written = _write_all(rf.fd, data, offset)
+        except OSError as exc:
+            raise self._lose(rf, exc) from exc
+        self._fire(rf, "write")
+        if upload is not None and rf.state is not S.DETACHED:
+            rf.upload_end += written
+            if rf.upload_end > upload.begin_at:
                 # Big enough to be segmented anyway: from now on it goes up as it comes.
                 try:
-                    await store.call(upload.put_file, handle.fd, node.upload_end)
+                    await store.call(upload.put_file, rf.fd, rf.upload_end)
                 except Exception as exc:
-                    raise self._stream_failed(node, exc) from exc
+                    raise self._lose(rf, exc) from exc
+                self._fire(rf, "stream")
         return offset, written
 
     def _touch_parent(self, node: Node) -> None:
@@ -166,78 +486,163 @@ class WritesMixin:
         if parent is not None and parent.children is not None and node.path[-1] in parent.children:
             parent.children[node.path[-1]] = node.entry
 
+    async def _truncate_remote(self, node: Node, size: int, fh: int | None) -> None:
+        """truncate/ftruncate of a remote file: staged and published at the next close, or at
+        once when no handle has it open for writing (truncate(1))."""
+        store = node.store
+        assert store is not None
+        async with node.lock:
+            rf = node.remote
+            if rf is None or rf.state in (S.ENDED, S.DETACHED):
+                if size == 0:
+                    rf = self._new_remote(node, S.TRUNCATED, node.entry.etag, False, None)
+                else:
+                    entry = await store.call(store.storage.stat_file, node.path)
+                    source = None
+                    if entry.size > 0:
+                        assert self.cache is not None
+                        source = await store.call(self.cache.localize, store.storage, node.path, entry.etag or "")
+                    rf = self._new_remote(node, S.CLEAN, entry.etag, False, source)
+                self._abort_upload(rf)
+                try:
+                    os.ftruncate(rf.fd, size)
+                except OSError as exc:
+                    raise self._lose(rf, exc) from exc
+                self._fire(rf, "truncate")
+                node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())
+                try:
+                    await self._publish(rf)
+                finally:
+                    if node.writers <= 0 and rf.state in (S.CLEAN, S.STALE, S.FAILED):
+                        await self._end(rf)
+                return
+            if rf.state is S.FAILED:
+                raise OSError(errno.EIO, "an earlier write to this file failed")
+            if size == 0:  # nothing to keep: no read-back or refill
+                self._abort_upload(rf)
+                if rf.state is S.STALE:
+                    self._fire(rf, "refill")
+            await self._settle(rf)
+            try:
+                os.ftruncate(rf.fd, size)
+            except OSError as exc:
+                raise self._lose(rf, exc) from exc
+            if rf.state is not S.DETACHED:
+                self._fire(rf, "truncate")
+            node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())
+
+    # ------------------------------------------------------------------ publication
+
+    async def _publish(self, rf: RemoteFile) -> None:
+        """(lock held) Store the file's content at its name; the store holds it on return.
+        A failure leaves the old object and the staging file (SEALED), and raises EIO."""
+        node = rf.node
+        store = node.store
+        assert store is not None
+        if rf.state is S.FAILED:
+            assert rf.error is not None
+            raise OSError(rf.error.errno, rf.error.strerror)
+        if rf.state not in PENDING:
+            return
+        mtime = rf.pending_mtime if rf.pending_mtime is not None else node.entry.mtime_ns
+        storage = store.storage
+        upload = rf.upload if rf.upload is not None and rf.upload.started else None
+        self._fire(rf, "publish")
+        try:
+            if upload is not None:
+                try:
+                    try:
+                        entry = await store.call(functools.partial(upload.finish, mtime, new=rf.absent))
+                    except FileExistsError:  # someone else created it meanwhile: replace it
+                        entry = await store.call(functools.partial(upload.finish, mtime, new=False))
+                except Exception as exc:
+                    raise self._lose(rf, exc) from exc
+                rf.upload = None
+                self._fire(rf, "published_stream")
+            else:
+                # Not streaming (yet): the staging file holds it all; a stream not started stays,
+                # so later appends may still stream.
+                try:
+                    if rf.absent:
+                        try:
+                            entry = await store.call(functools.partial(
+                                storage.store_local_file, rf.staging, node.path, mtime, new=True))
+                        except FileExistsError:
+                            # Someone else created it meanwhile: replace it, as a later writer does.
+                            entry = await store.call(storage.store_local_file, rf.staging, node.path, mtime)
+                    else:
+                        entry = await store.call(storage.store_local_file, rf.staging, node.path, mtime)
+                except Exception as exc:
+                    if rf.state is S.PUBLISHING:
+                        self._fire(rf, "publish_failed")
+                    log.error("upload of %s failed; its data is kept in %s and retried: %s",
+                              "/".join(node.path), rf.staging, exc)
+                    if isinstance(exc, OSError):
+                        raise
+                    raise OSError(errno.EIO, f"upload failed: {exc}") from exc
+                self._fire(rf, "published")
+                if rf.upload is not None and rf.upload.started:
+                    self._abort_upload(rf)
+        finally:
+            if rf.state is S.PUBLISHING:  # cancelled (timeout) in the middle
+                self._fire(rf, "publish_failed")
+        rf.absent = False
+        rf.base_etag = entry.etag
+        rf.pending_mtime = None
+        node.entry = _with(entry, name=node.path[-1])
+        node.fetched = time.monotonic()
+        node.keep_cache_etag = entry.etag
+        parent_ino = self.by_path.get((store.name, node.path.parent))
+        if parent_ino is not None:
+            self._note_child(self.nodes[parent_ino], node.path[-1], node.entry)  # type: ignore[attr-defined]
+        elif not store.local:
+            self.overlay.setdefault((store.name, node.path.parent), {})[node.path[-1]] = (node.entry, time.monotonic())
+
+    async def publish_pending(self, node: Node) -> None:
+        """Publish whatever a remote node has pending (before a rename)."""
+        rf = node.remote
+        if rf is None:
+            return
+        async with node.lock:
+            if rf.state in PENDING:
+                await self._publish(rf)
+
     async def flush(self, fh: int) -> None:
-        """close(2) of a descriptor: a remote file is uploaded now; errors reach close()."""
-        handle = self.handle(fh)
+        """close(2) of a descriptor: a remote file's changes are published now; errors reach
+        close().  An O_TRUNC with nothing written since waits (see TRUNCATED)."""
+        handle = self.handle(fh)  # type: ignore[attr-defined]
+        rf = handle.remote
+        if not handle.writable or rf is None:
+            return
         node = handle.node
-        if handle.writable and node.dirty:
-            await self._upload(node)
+        async with node.lock:
+            if node.remote is not rf:
+                return
+            if rf.state is S.FAILED:
+                assert rf.error is not None
+                raise OSError(rf.error.errno, rf.error.strerror)
+            if rf.state in FLUSH_PUBLISHES:
+                await self._publish(rf)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        """fsync(2): local: the file's fsync; remote: upload now."""
-        handle = self.handle(fh)
+        """fsync(2): local: the file's fsync; remote: publish now (a pending truncation too)."""
+        handle = self.handle(fh)  # type: ignore[attr-defined]
         node = handle.node
         if node.store is not None and node.store.local:
             if handle.fd is not None and handle.writable:
                 await node.store.call(os.fsync, handle.fd)
             return
-        if node.dirty:
-            await self._upload(node)
-
-    async def _upload(self, node: Node) -> None:
-        """Upload a remote node's staging file; the store holds the data when this returns."""
-        store = node.store
-        assert store is not None and node.staging is not None and node.staging_fd is not None
-        if node.unlinked:
-            node.dirty = False
-            self._abort_upload(node)
+        rf = handle.remote
+        if rf is None:
             return
-        mtime = node.pending_mtime if node.pending_mtime is not None else node.entry.mtime_ns
-        node.dirty = False
-        storage = store.storage
-        upload = node.upload
-        if upload is not None and upload.started:
-            node.upload = None
-        else:
-            # Not streaming (yet): the staging file holds it all; later appends may still stream
-            # (dd's dup2 closes a descriptor, so flushes the new file, before its first write).
-            upload = None
-        try:
-            if upload is not None:
-                node.stale = True  # the staging file holds only the start: the rest is in the stream
-                try:
-                    try:
-                        entry = await store.call(functools.partial(upload.finish, mtime, new=node.absent))
-                    except FileExistsError:  # someone else created it meanwhile: replace it
-                        entry = await store.call(functools.partial(upload.finish, mtime, new=False))
-                except Exception as exc:
-                    raise self._stream_failed(node, exc) from exc
-            elif node.absent:
-                try:
-                    entry = await store.call(functools.partial(storage.store_local_file, node.staging, node.path,
-                                                               mtime, new=True))
-                except FileExistsError:
-                    # Someone else created it meanwhile: replace it, as a later writer does.
-                    entry = await store.call(storage.store_local_file, node.staging, node.path, mtime)
-            else:
-                entry = await store.call(storage.store_local_file, node.staging, node.path, mtime)
-        except BaseException:
-            if not node.stale:  # a stale staging file must never be uploaded
-                node.dirty = True
-            raise
-        node.absent = False
-        node.entry = _with(entry, name=node.path[-1])
-        node.fetched = time.monotonic()
-        node.keep_cache_etag = entry.etag
-        node.pending_mtime = None
-        parent_ino = self.by_path.get((store.name, node.path.parent))
-        if parent_ino is not None:
-            self._note_child(self.nodes[parent_ino], node.path[-1], node.entry)
-        elif not store.local:
-            self.overlay.setdefault((store.name, node.path.parent), {})[node.path[-1]] = (node.entry, time.monotonic())
+        async with node.lock:
+            if node.remote is not rf:
+                return
+            await self._publish(rf)
 
     async def release(self, fh: int) -> None:
-        """Last close of a handle: remote staging is uploaded (if still dirty) and kept in the cache."""
+        """Last close of a handle: the last writer publishes what is pending; the staging file
+        then becomes the cached copy of the new ETag (or goes)."""
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
@@ -247,101 +652,241 @@ class WritesMixin:
             if handle.writable:
                 node.writers -= 1
                 self._touch_parent(node)
-            if handle.writable and node.staging is not None:
-                if node.dirty:
-                    try:
-                        await self._upload(node)
-                    except Exception as exc:
-                        log.error("upload of %s failed at release; data kept in %s: %s",
-                                  "/".join(node.path), node.staging, exc)
-                        return
-                if node.writers <= 0 and not any(h.node is node and h.fd == node.staging_fd
-                                                 for h in self.handles.values()):
-                    self._end_staging(node)
+            rf = handle.remote
+            if rf is not None and not handle.writable:
+                rf.readers.discard(handle)
+            if rf is not None and handle.writable and node.remote is rf and node.writers <= 0:
+                async with node.lock:
+                    if node.remote is rf and node.writers <= 0:
+                        if rf.state in PENDING:
+                            try:
+                                await self._publish(rf)
+                            except Exception as exc:
+                                log.error("upload of %s failed at release; data kept in %s (journaled): %s",
+                                          "/".join(node.path), rf.staging, exc)
+                        if rf.state in (S.CLEAN, S.STALE, S.FAILED, S.DETACHED):
+                            await self._end(rf)
         finally:
             if handle.owns_fd and handle.fd is not None:
                 os.close(handle.fd)
             download = handle.download
             if download is not None:
                 download.readers -= 1
-                self._end_download(download)
-            self._maybe_free(node)
+                self._end_download(download)  # type: ignore[attr-defined]
+            self._maybe_free(node)  # type: ignore[attr-defined]
 
-    def _end_staging(self, node: Node) -> None:
-        assert node.staging is not None and node.staging_fd is not None
+    async def _end(self, rf: RemoteFile) -> None:
+        """(lock held) Writing is over: the staging file becomes the cached copy (CLEAN) or goes."""
+        node = rf.node
         store = node.store
         assert store is not None
-        self._abort_upload(node)
-        os.close(node.staging_fd)
-        staging = node.staging
-        node.staging = None
-        node.staging_fd = None
-        if self.cache is not None and node.entry.etag and not node.unlinked and not node.stale:
+        if rf.state is S.STALE and rf.readers:
+            # Readers still read through their descriptors: give them the whole file.
             try:
-                self.cache.put(store.storage, node.path, node.entry.etag, staging)
+                await self._settle(rf)
+            except OSError as exc:
+                log.warning("%s: could not refill for its readers: %s", "/".join(node.path), exc)
+        if rf.state is S.STALE and rf.readers:
+            rf.error = OSError(errno.EIO, "not refilled")
+        self._abort_upload(rf)
+        keep = rf.state is S.CLEAN and not node.unlinked and rf.base_etag
+        self._fire(rf, "end")
+        if self.journal is not None:
+            self.journal.remove(rf.journal_id)
+        node.remote = None
+        os.close(rf.fd)
+        if keep and self.cache is not None:
+            try:
+                self.cache.put(store.storage, node.path, rf.base_etag or "", rf.staging)
                 return
             except OSError as exc:
-                log.debug("not caching %s: %s", staging, exc)
+                log.debug("not caching %s: %s", rf.staging, exc)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(staging)
+            os.unlink(rf.staging)
 
-    async def _truncate(self, node: Node, size: int, fh: int | None) -> None:
-        store = node.store
-        assert store is not None
-        if store.local:
-            handle = self.handles.get(fh) if fh is not None else None
-            if handle is not None and handle.fd is not None and handle.writable:
-                os.ftruncate(handle.fd, size)
-            else:
-                fd = await store.call(store.storage.open_fd, node.path, os.O_WRONLY)
-                try:
-                    os.ftruncate(fd, size)
-                finally:
-                    os.close(fd)
-            node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())
-            self._touch_parent(node)
+    async def _unlink_remote(self, node: Node) -> None:
+        """The name is going: nothing of a file being written is published any more."""
+        rf = node.remote
+        if rf is None:
             return
         async with node.lock:
-            if node.staging is None:
-                await self._stage_existing(node, truncate=(size == 0))
-                node.writers += 1
-                try:
-                    os.ftruncate(node.staging_fd, size)  # type: ignore[arg-type]
-                    node.dirty = True
-                    node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())
-                    await self._upload(node)
-                finally:
-                    node.writers -= 1
-                    if node.writers <= 0 and not node.dirty:
-                        self._end_staging(node)
-                return
-            if size == 0:  # nothing to keep: no read-back or refill
-                self._abort_upload(node)
-                node.stale = False
-            await self._settle_staging(node)
-            os.ftruncate(node.staging_fd, size)  # type: ignore[arg-type]
-            node.dirty = True
-            node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())
+            if node.remote is rf:
+                self._abort_upload(rf)
+                self._fire(rf, "unlink")
+                if self.journal is not None:
+                    self.journal.remove(rf.journal_id)
+                if node.writers <= 0 and not rf.readers:
+                    await self._end(rf)
+
+    def _set_pending_mtime(self, node: Node, mtime_ns: int) -> bool:
+        """utimens on a file with unpublished content: sent with the data.  False: published."""
+        rf = node.remote
+        if rf is None or rf.state not in PENDING + (S.DETACHED,):
+            return False
+        rf.pending_mtime = mtime_ns
+        return True
+
+    def _pending_mtime(self, node: Node) -> int | None:
+        rf = node.remote
+        return rf.pending_mtime if rf is not None else None
+
+    def _staged_size(self, node: Node) -> int | None:
+        """The size of a file being written here (None: use the stored entry)."""
+        rf = node.remote
+        if rf is None or rf.state in (S.STALE, S.ENDED):
+            return None
+        return rf.size()
+
+    def is_dirty(self, node: Node) -> bool:
+        rf = node.remote
+        return rf is not None and rf.state in PENDING + (S.PUBLISHING,)
+
+    def after_rename(self, node: Node) -> None:
+        """A renamed node's journal record follows its new path (called after repath)."""
+        for other in self.nodes.values():
+            if other.remote is not None and other.remote.state in JOURNALED:
+                self._journal(other.remote)
+
+    # ------------------------------------------------------------------ unmount and recovery
 
     async def shutdown(self) -> None:
-        """Upload everything still dirty (unmount): nothing accepted is dropped."""
+        """Publish everything still pending (unmount): nothing accepted is dropped."""
         for node in list(self.nodes.values()):
-            if node.dirty and node.staging is not None:
-                try:
-                    await self._upload(node)
-                except Exception as exc:
-                    log.error("at unmount, upload of %s failed; its data is kept in %s: %s",
-                              "/".join(node.path), node.staging, exc)
+            rf = node.remote
+            if rf is None:
+                continue
+            async with node.lock:
+                if rf.state in PENDING:
+                    try:
+                        await self._publish(rf)
+                    except Exception as exc:
+                        log.error("at unmount, upload of %s failed; its data is journaled in %s: %s",
+                                  "/".join(node.path), rf.staging, exc)
+
+    def pending_uploads(self) -> list[dict[str, Any]]:
+        """Files with unpublished content (for status)."""
+        out = []
+        for node in self.nodes.values():
+            rf = node.remote
+            if rf is None or rf.state not in JOURNALED:
+                continue
+            with contextlib.suppress(OSError):
+                out.append({"store": node.store.name if node.store else "", "path": "/".join(node.path),
+                            "state": rf.state.value, "bytes": rf.size(), "since": rf.since})
+        return out
+
+    def journaled(self) -> list[dict[str, Any]]:
+        """Journal records not belonging to a file open here (left by an earlier run)."""
+        journal = self.journal
+        if journal is None:
+            return []
+        live = {node.remote.journal_id for node in self.nodes.values() if node.remote is not None}
+        return [{"store": r.get("store"), "path": "/".join(r.get("path") or []), "state": r.get("state"),
+                 "since": r.get("time")} for rid, r in journal.records() if rid not in live]
+
+    def recovered(self) -> list[dict[str, Any]]:
+        return list_recovered(self.recovered_dir) if self.recovered_dir else []
+
+    async def recover(self) -> None:
+        """At mount: finish or set aside what an earlier run left in the journal and staging."""
+        journal = self.journal
+        if journal is None:
+            return
+        known: set[str] = set()
+        for record_id, record in list(journal.records()):
+            known.add(os.path.abspath(str(record.get("staging", ""))))
+            store = self.stores.get(str(record.get("store")))
+            if store is None:
+                log.info("journal record %s is for store %s, not mounted here: left", record_id, record.get("store"))
+                continue
+            try:
+                await self._recover_one(store, record_id, record)
+            except Exception as exc:
+                log.error("recovery of %s/%s failed (journal record %s kept, retried at the next mount): %s",
+                          record.get("store"), "/".join(record.get("path") or []), record_id, exc)
+        # Staging files no record names (an older version, or a crash between mkstemp and the
+        # first record): kept, never published.
+        staging_dir = self.options.staging_dir
+        with contextlib.suppress(OSError):
+            for name in os.listdir(staging_dir):
+                full = os.path.abspath(os.path.join(staging_dir, name))
+                if full in known or not name.startswith("staging-"):
+                    continue
+                if any(n.remote is not None and os.path.abspath(n.remote.staging) == full
+                       for n in self.nodes.values()):
+                    continue
+                if os.path.getsize(full) == 0:
+                    os.unlink(full)
+                    continue
+                self._set_aside(full, "_unknown", [name], "staged data without a journal record")
+
+    async def _recover_one(self, store: StoreMount, record_id: str, record: dict[str, Any]) -> None:
+        journal = self.journal
+        assert journal is not None
+        path = ExactPath(str(c) for c in record.get("path") or [])
+        staging = str(record.get("staging") or "")
+        state = str(record.get("state"))
+        upload_id = record.get("upload_id")
+        where = f"{store.name}:{'/'.join(path)}"
+        have_data = bool(staging) and os.path.exists(staging)
+        asked = state in (S.SEALED.value, S.PUBLISHING.value)
+        streamed = bool(record.get("streamed"))
+        if upload_id and state != S.PUBLISHING.value and hasattr(store.storage, "discard_upload"):
+            # Segments of a stream cut short: nothing references them.
+            count = await store.call(store.storage.discard_upload, path, upload_id)
+            log.info("recovery: %s: deleted %s segments of the interrupted upload %s", where, count, upload_id)
+        if not have_data:
+            journal.remove(record_id)
+            return
+        if asked and not streamed:
+            try:
+                current = await store.call(store.storage.stat_file, path)
+            except FileNotFoundError:
+                current = None
+            base = record.get("base_etag")
+            current_etag = current.etag if current is not None else None
+            if current is not None and current_etag and current.size == os.path.getsize(staging):
+                digest = await store.call(_md5_file, staging)
+                if digest == current_etag:
+                    log.info("recovery: %s was already stored before the crash", where)
+                    os.unlink(staging)
+                    journal.remove(record_id)
+                    return
+            unchanged = (current is None and (record.get("absent") or base is None)) or (
+                current is not None and base is not None and current_etag == base)
+            if unchanged:
+                mtime = record.get("mtime_ns")
+                entry = await store.call(functools.partial(store.storage.store_local_file, staging, path,
+                                                           mtime if isinstance(mtime, int) else None,
+                                                           new=current is None))
+                log.warning("recovery: uploaded %s (%d bytes) that a close had asked for before the crash",
+                            where, entry.size)
+                os.unlink(staging)
+                journal.remove(record_id)
+                return
+            self._set_aside(staging, store.name, list(path),
+                            f"the object changed since this content was written (was {base}, now {current_etag})")
+        elif state == S.TRUNCATED.value and os.path.getsize(staging) == 0:
+            os.unlink(staging)
+        else:
+            reason = ("partial: the stream of this file was cut" if streamed
+                      else "never closed: the writer did not finish (not published)")
+            self._set_aside(staging, store.name, list(path), reason)
+        journal.remove(record_id)
+
+    def _set_aside(self, staging: str, store: str, path: list[str], reason: str) -> None:
+        recovered = self.recovered_dir
+        assert recovered is not None
+        target = recovered_path(recovered, store, path)
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            shutil.copyfile(staging, target)
+            os.unlink(staging)
+        with open(target + ".why", "w") as f:
+            f.write(reason + "\n")
+        log.error("recovery: staged data of %s/%s kept in %s: %s", store, "/".join(path), target, reason)
 
 
-
-def _copy_into(source: str, fd: int) -> None:
-    """Copy the file source into fd from offset 0."""
-    with open(source, "rb") as src:
-        offset = 0
-        while True:
-            copied = os.copy_file_range(src.fileno(), fd, 1 << 30, offset, offset)
-            if not copied:
-                break
-            offset += copied
-
+__all__ = ["FLUSH_PUBLISHES", "PENDING", "TRANSITIONS", "RemoteFile", "WriteState", "WritesMixin"]
