@@ -299,6 +299,7 @@ def _one_line(text: object) -> str:
 
 def cmd_gc(argv: list[str]) -> int:
     from .storage import Error as StorageError
+    from .storage import StorageInterface
 
     parser = argparse.ArgumentParser(
         prog="goblinfs gc",
@@ -327,12 +328,13 @@ def cmd_gc(argv: list[str]) -> int:
         except ConfigError as exc:
             return _fail(_one_line(exc))
         try:
-            collect = getattr(storage, "collect_garbage", None)
-            if collect is None:
-                why = "local store" if storage.local_storage else "this store keeps no segments"
+            # The interface's own collect_garbage is "nothing is ever left behind".
+            method = getattr(type(storage), "collect_garbage", None)
+            if method is None or method is getattr(StorageInterface, "collect_garbage", None):
+                why = "local store" if storage.local_storage else "this store leaves nothing behind"
                 print(f"{name}: nothing to collect ({why})")
                 continue
-            deleted = list(collect(grace_seconds=args.grace, dry_run=args.dry_run))
+            deleted = list(storage.collect_garbage(grace_seconds=args.grace, dry_run=args.dry_run))
         except (StorageError, OSError) as exc:
             sys.stdout.flush()
             return _fail(_one_line(f"store {name}: {exc}"))
@@ -345,8 +347,10 @@ def cmd_gc(argv: list[str]) -> int:
                 with contextlib.suppress(Exception):
                     close()
         verb = "would delete" if args.dry_run else "deleted"
+        container = getattr(storage, "segment_container", None)
         for segment in deleted:
-            print(f"{name}: {verb} {segment}")
+            shown = f"{container}/{segment}" if container and not segment.startswith(f"{container}/") else segment
+            print(f"{name}: {verb} {shown}")
         noun = "orphan segment" if len(deleted) == 1 else "orphan segments"
         if args.dry_run:
             print(f"{name}: {len(deleted)} {noun} would be deleted (dry run: nothing deleted)")
