@@ -248,12 +248,6 @@ def test_status_of_a_directory_that_is_not_a_goblinfs_mount(tmp_path: Path) -> N
     assert_one_error_line(goblinfs("status", tmp_path / "nothere"), "does not exist")
 
 
-def _status_landed() -> bool:
-    """The daemon side (Vfs.status and the xattr) is in the tree."""
-    vfs_dir = ROOT / "goblinfs" / "vfs"
-    return any("user.goblinfs.status" in p.read_text(errors="replace") for p in vfs_dir.rglob("*.py"))
-
-
 @pytest.mark.fuse
 def test_status_of_a_real_local_mount(tmp_path: Path) -> None:
     config = write_local_config(tmp_path / "cfg")
@@ -267,10 +261,6 @@ def test_status_of_a_real_local_mount(tmp_path: Path) -> None:
         # Inside the mount, not its root.
         assert_one_error_line(goblinfs("status", mnt / "public"), "inside the goblinfs mount", str(mnt))
         result = goblinfs("status", mnt, "--json")
-        if not _status_landed():
-            # The daemon does not answer yet: still one line, naming the mount as goblinfs's.
-            assert_one_error_line(result, "does not report its status")
-            pytest.xfail("the daemon side of user.goblinfs.status is not in goblinfs/vfs yet")
         assert_ok(result)
         doc = json.loads(result.stdout)
         assert doc["mountpoint"] == str(mnt)
