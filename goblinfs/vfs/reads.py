@@ -1,73 +1,360 @@
-"""Remote reads: the read cache, background downloads and reads of any handle."""
+"""Remote reads: the read cache, background downloads and reads of any handle.
+
+Reads are right or fail: a read returns the object's bytes or an error, never fewer bytes with
+success.  A remote object is read from a cached copy (``ReadCache``, revalidated by ETag and
+size at every open), from a ``Download`` filling a part file in the cache's directory while
+readers read it, or, when no local copy can be kept (cache too small, disk full), by ranged
+GETs (``RangeReader``: 1 MiB blocks, each checked for its length, retried, else EIO).
+
+Download lifecycle
+------------------
+
+A ``Download`` is a state machine.  ``Download.fire`` is the only place its state changes,
+always on the trio thread: the worker thread never changes it, it returns its outcome to the
+trio task that started it, which fires the event (readers waiting for bytes are woken through
+the trio token, only when one waits).  The table, also in ``TRANSITIONS``:
+
+| state | event | next state | action |
+|---|---|---|---|
+| NEW | START | FETCHING | take the part file (room made first); the worker GETs the object into it |
+| NEW | NO_ROOM | DEGRADED | none: no part file; readers use ranged GETs |
+| FETCHING | FETCHED | COMPLETE | wake readers; fsync the part file and offer it to the cache (in a thread) |
+| FETCHING | WRITE_FAILED | DEGRADED | wake readers; close and unlink the part file; readers use ranged GETs |
+| FETCHING | GET_FAILED | FAILED | wake readers; keep the part file for its first ``done`` bytes, never adopted |
+| FETCHING | UNUSED | FETCHING | none: the worker goes on, to fill the cache |
+| COMPLETE | KEPT | ADOPTED | none: the cache renamed the part file onto its copy; the fd stays readable |
+| COMPLETE | NOT_KEPT | PRIVATE | none: the cache refused it; readers go on reading it |
+| COMPLETE | UNUSED | COMPLETE | none: closed once the cache answered |
+| ADOPTED | UNUSED | CLOSED | close the fd; forget the download (the node may be freed) |
+| PRIVATE | UNUSED | CLOSED | close the fd, unlink the part file; forget the download |
+| DEGRADED | UNUSED | CLOSED | forget the download (its memory blocks go) |
+| FAILED | UNUSED | CLOSED | close the fd, unlink the part file; forget the download |
+| CLOSED | UNUSED | CLOSED | none (idempotent) |
+
+Events: START: a part file was created in the cache's directory after ``make_room`` (least
+recently used copies evicted to fit the bound and the disk's free space).  NO_ROOM: no part file
+(bigger than ``cache_size``, disk too small even after evicting, part file not creatable; also
+a small object ``localize`` could not keep).  FETCHED: the worker wrote all ``size`` bytes (short
+writes continued), from a GET whose ETag is the one seen at open.  WRITE_FAILED: a write the disk
+cannot take (ENOSPC/EDQUOT after evicting every cached copy, EIO, ...).  GET_FAILED: the GET
+failed, was cut short or the object changed, after ``GET_RETRIES`` resumed GETs.  KEPT /
+NOT_KEPT: the cache adopted the part file / refused it (size not the object's, no room for its
+index, ...).  UNUSED: no reader left.
+
+``UNUSED`` is fired when the last reader released the file and when the background task ends
+with no reader left.  Any other (state, event) pair is a bug: logged, state unchanged.  New
+opens of the same object (same ETag and size) join a download in FETCHING, COMPLETE, PRIVATE
+or DEGRADED; FAILED ones are not joined (a new open starts a new GET).  Reads: bytes below
+``done`` in a state with a part file (FETCHING, COMPLETE, ADOPTED, PRIVATE, FAILED) come from
+the part file; in FETCHING a reader waits for them (or, far ahead, uses a ranged GET); anything
+else (DEGRADED, FAILED past ``done``) comes from ranged GETs.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import enum
 import errno
+import functools
+import inspect
 import logging
 import os
 import time
 import uuid
+from collections import OrderedDict
+from typing import Any
 
 import trio
 
-from ..storage import (
-    Entry,
-)
-from .nodes import Handle, Node
+from ..storage import Entry
+from ..workbench import NO_SPACE_ERRNOS, NoCacheSpace, ReadCache
+from .nodes import Handle, Node, StoreMount
 
 log = logging.getLogger(__name__)
 
+#: A read further than this ahead of the download is served by a ranged GET, not waited for.
+FAR_AHEAD = 8 * 1048576
+#: GETs the download worker retries (resuming where it stopped) before giving up: FAILED.
+GET_RETRIES = 2
+
+
+class State(enum.Enum):
+    """Where a download is in its life (see the module's table)."""
+
+    NEW = "new"
+    FETCHING = "fetching"
+    COMPLETE = "complete"
+    ADOPTED = "adopted"
+    PRIVATE = "private"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class Event(enum.Enum):
+    """What happens to a download."""
+
+    START = "start"
+    NO_ROOM = "no room"
+    FETCHED = "fetched"
+    WRITE_FAILED = "write failed"
+    GET_FAILED = "get failed"
+    KEPT = "kept"
+    NOT_KEPT = "not kept"
+    UNUSED = "unused"
+
+
+S, E = State, Event
+#: The state machine: (state, event) -> next state.  The module docstring's table is this.
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (S.NEW, E.START): S.FETCHING,
+    (S.NEW, E.NO_ROOM): S.DEGRADED,
+    (S.FETCHING, E.FETCHED): S.COMPLETE,
+    (S.FETCHING, E.WRITE_FAILED): S.DEGRADED,
+    (S.FETCHING, E.GET_FAILED): S.FAILED,
+    (S.FETCHING, E.UNUSED): S.FETCHING,
+    (S.COMPLETE, E.KEPT): S.ADOPTED,
+    (S.COMPLETE, E.NOT_KEPT): S.PRIVATE,
+    (S.COMPLETE, E.UNUSED): S.COMPLETE,
+    (S.ADOPTED, E.UNUSED): S.CLOSED,
+    (S.PRIVATE, E.UNUSED): S.CLOSED,
+    (S.DEGRADED, E.UNUSED): S.CLOSED,
+    (S.FAILED, E.UNUSED): S.CLOSED,
+    (S.CLOSED, E.UNUSED): S.CLOSED,
+}
+del S, E
+
+#: States in which the part file is open and its first ``done`` bytes are the object's.
+WITH_PART = frozenset({State.FETCHING, State.COMPLETE, State.ADOPTED, State.PRIVATE, State.FAILED})
+#: States a new open of the same object (same ETag and size) may share.
+JOINABLE = frozenset({State.FETCHING, State.COMPLETE, State.PRIVATE, State.DEGRADED})
+
+
+class RangeReader:
+    """Reads of a remote object by ranged GETs, in aligned blocks kept a little in memory.
+
+    Concurrent reads of one block (the kernel's read-ahead) share one GET.  A GET that fails
+    or returns another length than asked is retried; then the read is EIO.  If the store's
+    ``read_range`` takes ``etag=``, every GET is conditional on the ETag seen at open.
+    """
+
+    BLOCK = 1048576
+    KEEP = 4
+    ATTEMPTS = 3
+
+    def __init__(self, node: Node, size: int, etag: str) -> None:
+        self.node = node
+        self.size = size
+        self.etag = etag
+        self.blocks: OrderedDict[int, bytes] = OrderedDict()
+        self.inflight: dict[int, trio.Event] = {}
+        #: GETs made, for tests and statistics.
+        self.gets = 0
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Exactly the bytes [offset, min(offset + length, size)), or OSError(EIO)."""
+        end = min(offset + length, self.size)
+        pieces = []
+        pos = offset
+        while pos < end:
+            index = pos // self.BLOCK
+            block = await self._block(index)
+            start = pos - index * self.BLOCK
+            piece = block[start:start + (end - pos)]
+            if not piece:  # cannot happen: every block has its full length
+                raise OSError(errno.EIO, "ranged read came back empty")
+            pieces.append(piece)
+            pos += len(piece)
+        return b"".join(pieces)
+
+    async def _block(self, index: int) -> bytes:
+        while True:
+            block = self.blocks.get(index)
+            if block is not None:
+                self.blocks.move_to_end(index)
+                return block
+            pending = self.inflight.get(index)
+            if pending is None:
+                break
+            await pending.wait()
+            if index not in self.blocks:  # that GET failed: try ourselves
+                break
+        done = trio.Event()
+        self.inflight[index] = done
+        try:
+            offset = index * self.BLOCK
+            block = await self._fetch(offset, min(self.BLOCK, self.size - offset))
+            self.blocks[index] = block
+            while len(self.blocks) > self.KEEP:
+                self.blocks.popitem(last=False)
+            return block
+        finally:
+            if self.inflight.get(index) is done:
+                del self.inflight[index]
+            done.set()
+
+    async def _fetch(self, offset: int, length: int) -> bytes:
+        store = self.node.store
+        assert store is not None
+        call: Any = store.storage.read_range
+        if self.etag and _takes_etag(type(store.storage)):
+            call = functools.partial(call, etag=self.etag)
+        problem = ""
+        for _attempt in range(self.ATTEMPTS):
+            self.gets += 1
+            try:
+                data = await store.call(call, self.node.path, offset, length)
+            except (FileNotFoundError, IsADirectoryError) as exc:
+                problem = f"gone: {exc}"
+                break
+            except Exception as exc:
+                problem = str(exc) or type(exc).__name__
+                log.info("ranged read of %s at %d failed: %s", "/".join(self.node.path), offset, problem)
+                continue
+            if len(data) == length:
+                return bytes(data)
+            problem = f"{len(data)} bytes instead of {length}"
+            log.info("ranged read of %s at %d: %s", "/".join(self.node.path), offset, problem)
+        log.error("reading %s at %d from the store failed: %s", "/".join(self.node.path), offset, problem)
+        raise OSError(errno.EIO, f"ranged read failed: {problem}")
+
+
+@functools.cache
+def _takes_etag(storage_type: type) -> bool:
+    """Whether a store's read_range can make its GET conditional on an ETag (``etag=``)."""
+    try:
+        return "etag" in inspect.signature(storage_type.read_range).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class Download:
     """A remote object being fetched into the read cache while readers already read it.
 
-    The worker thread appends to ``part``; ``done`` bytes are readable.  Readers wait for
-    the bytes they need, or fetch a far-away range directly.
+    The worker thread appends to the part file and sets ``done`` after the bytes are written;
+    the state changes only in ``fire`` (trio thread).  See the module's table.
     """
 
-    def __init__(self, node: Node, part: str, size: int, etag: str) -> None:
+    def __init__(self, node: Node, size: int, etag: str) -> None:
         self.node = node
-        self.part = part
         self.size = size
         self.etag = etag
-        self.fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self.state = State.NEW
+        self.part: str | None = None
+        self.fd: int | None = None
+        #: Bytes at the start of the part file that are the object's (set by the worker).
         self.done = 0
-        #: The worker stopped (all fetched, or failed): readers stop waiting.
-        self.fetched = False
-        #: Adopted by the cache (or given up): the fd closes when the last reader goes.
-        self.finished = False
-        self.closed = False
-        self.error: BaseException | None = None
+        #: Why the download ended in DEGRADED or FAILED.
+        self.reason = ""
         self.progress = trio.Event()
         #: A reader waits for more: the worker wakes the trio thread at its next chunk.  Only
         #: then, as a hand-off per chunk would cost a fifth of a download's CPU time.
         self.waiting = False
         self.readers = 0
+        self._ranges: RangeReader | None = None
 
-    def _advance(self, done: int | None = None) -> None:
-        """(trio thread) Wake the waiting readers; done is set by the worker thread itself."""
-        if done is not None:
-            self.done = done
+    def __repr__(self) -> str:
+        return f"<Download {'/'.join(self.node.path)} {self.state.name} {self.done}/{self.size}>"
+
+    @property
+    def ranges(self) -> RangeReader:
+        """Ranged GETs for what the part file does not hold (made on first use)."""
+        if self._ranges is None:
+            self._ranges = RangeReader(self.node, self.size, self.etag)
+        return self._ranges
+
+    def fire(self, event: Event, reason: str = "", part: str | None = None, fd: int | None = None) -> State:
+        """(trio thread) The one place where the state changes: look up the table, act, wake readers."""
+        old = self.state
+        new = TRANSITIONS.get((old, event))
+        if new is None:
+            log.error("download of %s: event %s in state %s ignored", "/".join(self.node.path), event.name, old.name)
+            return old
+        self.state = new
+        if new is not old:
+            log.debug("download of %s: %s --%s--> %s %s", "/".join(self.node.path), old.name, event.name, new.name,
+                      reason)
+        if reason:
+            self.reason = reason
+        if event is Event.START:
+            self.part, self.fd = part, fd
+        elif new is State.DEGRADED or new is State.CLOSED:
+            self._drop_part(unlink=old is not State.ADOPTED)
+        if new is State.DEGRADED and old is not State.NEW:
+            log.warning("download of %s: no local copy (%s); reading it by ranged GETs",
+                        "/".join(self.node.path), reason)
+        elif new is State.FAILED:
+            log.warning("download of %s stopped at %d of %d bytes (%s); reading the rest by ranged GETs",
+                        "/".join(self.node.path), self.done, self.size, reason)
+        if new is State.CLOSED:
+            self._ranges = None
+            if self.node.download is self:
+                self.node.download = None
+        self._wake()
+        return new
+
+    def _drop_part(self, unlink: bool) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                log.debug("closing the part file of %s: %s", "/".join(self.node.path), exc)
+        if unlink and self.part is not None:
+            try:
+                os.unlink(self.part)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", self.part, exc)
+
+    def _wake(self) -> None:
+        """(trio thread) Wake the waiting readers."""
         self.progress.set()
         self.progress = trio.Event()
 
+    def holds(self, end: int) -> bool:
+        """Whether the part file holds the object's bytes up to end."""
+        return self.state in WITH_PART and self.done >= end
+
     async def wait_for(self, end: int) -> None:
-        """(trio thread) Return once end bytes are fetched, or the worker stopped."""
-        while self.done < end and not self.fetched and self.error is None:
+        """(trio thread) Return once end bytes are fetched, or the download left FETCHING."""
+        while self.state is State.FETCHING and self.done < end:
             self.waiting = True
             if self.done >= end:  # the worker may have moved on before seeing the flag
                 break
             await self.progress.wait()
 
 
+def _reader_etag(source: Any) -> str | None:
+    """The ETag of the GET behind a store's reader, if it tells (Swift's does)."""
+    raw = getattr(source, "raw", source)
+    etag = getattr(raw, "etag", None)
+    return etag if isinstance(etag, str) and etag else None
+
+
+def _write_all(fd: int, data: bytes, offset: int, cache: ReadCache) -> str | None:
+    """Write all of data at offset (a short write goes on where it stopped); on ENOSPC/EDQUOT
+    evict least recently used copies and go on.  None, or why the bytes cannot be written."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.pwrite(fd, view, offset)
+        except OSError as exc:
+            if exc.errno in NO_SPACE_ERRNOS and cache.evict_lru():
+                continue
+            return f"writing the part file: {exc.strerror or exc}"
+        if written <= 0:
+            return "writing the part file: nothing written"
+        view = view[written:]
+        offset += written
+    return None
+
 
 class ReadsMixin:
     """Reads of the Vfs (mixed into it)."""
 
     async def _open_remote_read(self, node: Node) -> Handle:
-        """Open a remote object for reading: revalidate its ETag, then cache or stream it."""
+        """Open a remote object for reading: revalidate its ETag, then cache, stream or range-read it."""
         store = node.store
         assert store is not None and self.cache is not None
         # Close-to-open: every open revalidates (one HEAD on Swift), whatever the listing said.
@@ -77,96 +364,159 @@ class ReadsMixin:
         node.fetched = time.monotonic()
         node.keep_cache_etag = entry.etag
         etag = entry.etag or ""
-        cached = self.cache.lookup(store.storage, node.path, etag)
+        cached = self.cache.lookup(store.storage, node.path, etag, entry.size)
         if cached is not None:
             fd = os.open(cached, os.O_RDONLY | os.O_CLOEXEC)
             return self._new_handle(node, fd, False, True, keep_cache=keep)
-        if node.download is not None and node.download.etag == etag and node.download.error is None:
-            node.download.readers += 1
-            handle = self._new_handle(node, None, False, False, keep_cache=keep)
-            handle.download = node.download
-            return handle
-        if entry.size <= self.options.stream_threshold:
-            path = await store.call(self.cache.localize, store.storage, node.path, etag)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            return self._new_handle(node, fd, False, True, keep_cache=keep)
-        self._start_download(node, entry)
-        assert node.download is not None
-        node.download.readers += 1
+        download = node.download
+        if download is None or download.etag != etag or download.size != entry.size or download.state not in JOINABLE:
+            if entry.size <= self.options.stream_threshold:
+                fd = await self._localize(node, entry)
+                if fd is not None:
+                    return self._new_handle(node, fd, False, True, keep_cache=keep)
+                download = Download(node, entry.size, etag)
+                node.download = download
+                download.fire(Event.NO_ROOM, "no room in the read cache")
+            else:
+                download = await self._start_download(node, entry)
+        download.readers += 1
         handle = self._new_handle(node, None, False, False, keep_cache=keep)
-        handle.download = node.download
+        handle.download = download
         return handle
 
-    def _start_download(self, node: Node, entry: Entry) -> None:
+    async def _localize(self, node: Node, entry: Entry) -> int | None:
+        """A small object fetched whole into the cache: an fd of the copy, or None (no room)."""
         store = node.store
         assert store is not None and self.cache is not None
-        part = os.path.join(self.cache.directory, f"stream-{uuid.uuid4().hex}.part-x")
-        download = Download(node, part, entry.size, entry.etag or "")
+        if not self.cache.fits(entry.size):
+            return None
+        try:
+            path = await store.call(functools.partial(self.cache.localize, store.storage, node.path,
+                                                      entry.etag or "", size=entry.size))
+        except NoCacheSpace as exc:
+            log.info("%s not cached (%s); reading it by ranged GETs", "/".join(node.path), exc)
+            return None
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    async def _start_download(self, node: Node, entry: Entry) -> Download:
+        """A Download of a big object: FETCHING into a part file, or DEGRADED if none can be kept."""
+        store = node.store
+        assert store is not None and self.cache is not None
+        if self.nursery is None:
+            raise OSError(errno.EIO, "no nursery for background downloads")
+        cache = self.cache
+        room = cache.fits(entry.size) and await store.call(cache.make_room, entry.size)
+        download = Download(node, entry.size, entry.etag or "")
         node.download = download
+        if not room:
+            download.fire(Event.NO_ROOM, "no room in the read cache")
+            return download
+        part = os.path.join(cache.directory, f"stream-{uuid.uuid4().hex}.part-x")
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            download.fire(Event.NO_ROOM, f"cannot create a part file: {exc.strerror}")
+            return download
+        download.fire(Event.START, part=part, fd=fd)
+        self.nursery.start_soon(self._run_download, download, store, cache)
+        return download
+
+    async def _run_download(self, download: Download, store: StoreMount, cache: ReadCache) -> None:
+        """The background task of a download: the worker, then the cache's adoption.  Nothing
+        escapes into the nursery (that would end the daemon)."""
         token = trio.lowlevel.current_trio_token()
         storage = store.storage
-        path = node.path
-        cache = self.cache
-
-        def worker() -> None:
-            done = 0
+        path = download.node.path
+        outcome = (Event.GET_FAILED, "not run")
+        try:
+            outcome = await trio.to_thread.run_sync(self._download_worker, download, storage, path, cache, token,
+                                                    limiter=store.limiter)
+        except Exception as exc:
+            log.exception("download worker of %s", "/".join(path))
+            outcome = (Event.GET_FAILED, f"worker error: {exc}")
+        finally:
+            download.fire(*outcome)
             try:
-                with storage.get_file(path, "rb") as source:
-                    # Small first chunks: the first bytes reach a waiting reader sooner.
-                    want = 65536
-                    while True:
-                        chunk = source.read(want)
-                        if not chunk:
-                            break
-                        want = min(want * 2, 1048576)
-                        os.pwrite(download.fd, chunk, done)
-                        done += len(chunk)
-                        download.done = done  # the bytes are in the part file before this
-                        if download.waiting:
-                            download.waiting = False
-                            token.run_sync_soon(download._advance)
-            except BaseException as exc:  # reported to the readers
-                download.error = exc
-                log.warning("download of %s failed: %s", "/".join(path), exc)
-            finally:
-                def fetched() -> None:
-                    download.fetched = True
-                    download._advance(done)
-                with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(fetched)
-
-        async def run() -> None:
-            # Never let anything escape into the nursery: that would end the daemon.
-            try:
-                await trio.to_thread.run_sync(worker, limiter=store.limiter)
-                if download.error is None and download.done == download.size:
-                    await trio.to_thread.run_sync(os.fsync, download.fd)
-                    cache.put(storage, path, download.etag, download.part)
+                if download.state is State.COMPLETE:
+                    await trio.to_thread.run_sync(self._adopt, download, storage, path, cache)
+                    download.fire(Event.KEPT)
             except Exception as exc:
                 log.warning("could not keep %s in the cache: %s", "/".join(path), exc)
             finally:
-                download.finished = True
-                download._advance(download.done)
-                if download.readers <= 0:
-                    self._end_download(download)
+                if download.state is State.COMPLETE:
+                    download.fire(Event.NOT_KEPT)
+                self._end_download(download)
 
-        if self.nursery is None:
-            raise OSError(errno.EIO, "no nursery for background downloads")
-        self.nursery.start_soon(run)
+    @staticmethod
+    def _download_worker(download: Download, storage: Any, path: Any, cache: ReadCache,
+                         token: trio.lowlevel.TrioToken) -> tuple[Event, str]:
+        """(worker thread) GET the object into the part file; returns the event that ends FETCHING.
+
+        A failed or cut-short GET is retried from where it stopped (a new GET, its ETag checked);
+        a write the disk cannot take (after evicting every cached copy) is WRITE_FAILED.
+        """
+        fd = download.fd
+        assert fd is not None
+        size = download.size
+        done = 0
+        failures = 0
+        want = 65536  # small first chunks: the first bytes reach a waiting reader sooner
+        source = None
+        try:
+            while done < size:
+                try:
+                    if source is None:
+                        source = storage.get_file(path, "rb")
+                        got = _reader_etag(source)
+                        if download.etag and got is not None and got != download.etag:
+                            return Event.GET_FAILED, f"the object changed (ETag {got}, opened as {download.etag})"
+                        if done:
+                            source.seek(done)
+                    chunk = source.read(min(want, size - done))
+                    if not chunk:
+                        raise OSError(errno.EIO, f"the object ended at {done} of {size} bytes")
+                except (FileNotFoundError, IsADirectoryError) as exc:
+                    return Event.GET_FAILED, f"the object is gone: {exc}"
+                except Exception as exc:
+                    failures += 1
+                    if source is not None:
+                        _close_quietly(source)
+                        source = None
+                    if failures > GET_RETRIES:
+                        return Event.GET_FAILED, f"GET failed at {done} of {size} bytes: {exc}"
+                    log.info("download of %s: GET failed at %d bytes (%s); resuming", "/".join(path), done, exc)
+                    continue
+                want = min(want * 2, 1048576)
+                problem = _write_all(fd, chunk, done, cache)
+                if problem is not None:
+                    return Event.WRITE_FAILED, problem
+                done += len(chunk)
+                download.done = done  # the bytes are in the part file before this
+                if download.waiting:
+                    download.waiting = False
+                    try:
+                        token.run_sync_soon(download._wake)
+                    except trio.RunFinishedError:
+                        return Event.GET_FAILED, "the daemon is ending"
+            return Event.FETCHED, ""
+        finally:
+            if source is not None:
+                _close_quietly(source)
+
+    @staticmethod
+    def _adopt(download: Download, storage: Any, path: Any, cache: ReadCache) -> None:
+        """(thread) Hand a complete part file to the cache; raises if it is refused."""
+        assert download.fd is not None and download.part is not None
+        os.fsync(download.fd)
+        cache.put(storage, path, download.etag, download.part, size=download.size)
 
     def _end_download(self, download: Download) -> None:
-        """Close a finished download with no readers left (idempotent)."""
-        if download.closed or not download.finished or download.readers > 0:
+        """A reader released the download, or its task ended: with no reader left, UNUSED
+        (idempotent).  Callers decrement ``download.readers`` first."""
+        if download.readers > 0:
             return
-        download.closed = True
-        node = download.node
-        if node.download is download:
-            node.download = None
-        with contextlib.suppress(OSError):
-            os.close(download.fd)
-        with contextlib.suppress(OSError):
-            os.unlink(download.part)  # gone already if the cache adopted it
-        self._maybe_free(node)
+        if download.fire(Event.UNUSED) is State.CLOSED:
+            self._maybe_free(download.node)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Up to size bytes at offset (short only at the end of the file)."""
@@ -180,16 +530,25 @@ class ReadsMixin:
         download = handle.download
         if download is None:
             raise OSError(errno.EIO, "no data source")
-        want_end = min(offset + size, download.size)
-        if download.done < want_end and download.error is None and not download.fetched:
-            if offset > download.done + 8 * 1048576:
-                store = node.store
-                assert store is not None
-                return await store.call(store.storage.read_range, node.path, offset, size)
-            await download.wait_for(want_end)
-        if download.done < want_end and download.error is not None:
-            raise OSError(errno.EIO, f"download failed: {download.error}")
-        return os.pread(download.fd, size, offset)
+        return await self._download_read(download, offset, size)
+
+    async def _download_read(self, download: Download, offset: int, size: int) -> bytes:
+        """The object's bytes [offset, offset + size) (fewer only at its end), or an error."""
+        end = min(offset + size, download.size)
+        if end <= offset:
+            return b""
+        if download.state is State.FETCHING and download.done < end:
+            if offset > download.done + FAR_AHEAD:
+                return await download.ranges.read(offset, end - offset)
+            await download.wait_for(end)
+        if download.holds(end):
+            assert download.fd is not None
+            data = os.pread(download.fd, end - offset, offset)
+            if len(data) == end - offset:
+                return data
+            log.error("part file of %s gave %d bytes at %d instead of %d", "/".join(download.node.path),
+                      len(data), offset, end - offset)
+        return await download.ranges.read(offset, end - offset)
 
     async def _pread(self, fd: int, node: Node, size: int, offset: int) -> bytes | memoryview:
         """Read from a local file: in line when the page cache has it all, else in a thread, so
@@ -204,3 +563,9 @@ class ReadsMixin:
         assert node.store is not None
         return await trio.to_thread.run_sync(os.pread, fd, size, offset, limiter=node.store.limiter)
 
+
+def _close_quietly(source: Any) -> None:
+    try:
+        source.close()
+    except Exception as exc:
+        log.debug("closing a store reader: %s", exc)
