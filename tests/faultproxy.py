@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import select
 import socket
 import struct
 import threading
@@ -404,6 +405,10 @@ class FaultProxy:
                     continue
 
                 # Forward (plain, delayed or truncated).
+                if upstream is not None and select.select([upstream], [], [], 0)[0]:
+                    # The upstream closed the idle keep-alive connection: never send into it.
+                    self._drop_upstream(upstream, uf)
+                    upstream, uf = None, None
                 if upstream is None:
                     try:
                         upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=300)
