@@ -182,7 +182,13 @@ def _copy_into(source: str, fd: int) -> None:
     with open(source, "rb") as src:
         offset = 0
         while offset < size:
-            copied = os.copy_file_range(src.fileno(), fd, size - offset, offset, offset)
+            try:
+                copied = os.copy_file_range(src.fileno(), fd, size - offset, offset, offset)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                chunk = os.pread(src.fileno(), min(size - offset, 1048576), offset)
+                copied = _write_all(fd, chunk, offset) if chunk else 0
             if not copied:
                 raise OSError(errno.EIO, f"{source} shrank while being copied")
             offset += copied
