@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from goblinfs.storage.filestorage import BasicFileStorage
-from goblinfs.workbench import ReadCache, Workbench, WorkbenchManager
+from goblinfs.workbench import NoCacheSpace, ReadCache, Workbench, WorkbenchManager
 
 from .conftest import drop_container, make_cloud_storage
 
@@ -31,6 +35,27 @@ class FakeRemoteStorage(BasicFileStorage):
         time.sleep(0.05)  # widen the window for concurrent readers
         with self.get_file(filepath, "rb") as src, open(dest_path, "wb") as dst:
             dst.write(src.read())
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A private tmpfs of this size mounted at path for the block (we are root), always unmounted."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+class ShortRemoteStorage(FakeRemoteStorage):
+    """Its downloads stop early, as a GET whose body was cut short without an error."""
+
+    def copy_locally(self, filepath: Any, dest_path: str) -> None:
+        self.downloads += 1
+        with self.get_file(filepath, "rb") as src, open(dest_path, "wb") as dst:
+            dst.write(src.read()[:-10])
 
 
 @pytest.fixture
@@ -189,3 +214,72 @@ def test_cache_keys_differ_per_store(tmp_path: Any) -> None:
     public_key = ReadCache.key_for(Remote("media"), ["a.jpg"])[0]  # type: ignore[arg-type]
     assert queue_key != public_key
     assert ReadCache.key_for(Remote("media"), ["a.jpg"])[0] == public_key  # type: ignore[arg-type]
+
+
+def test_localize_refuses_a_short_download(tmp_path: Any) -> None:
+    store = _remote(tmp_path, {"a.bin": os.urandom(5000)})
+    short = ShortRemoteStorage(str(tmp_path / "remote"))
+    cache = ReadCache(str(tmp_path / "cache"), 1_000_000)
+    with pytest.raises(OSError) as info:
+        cache.localize(short, ["a.bin"])  # the size comes with the stat
+    assert info.value.errno == errno.EIO
+    etag = store.stat(["a.bin"]).etag or ""
+    with pytest.raises(OSError):
+        cache.localize(short, ["a.bin"], etag, size=5000)
+    assert os.listdir(tmp_path / "cache") == [] and cache.total == 0 and len(cache) == 0
+    assert cache.lookup(short, ["a.bin"], etag) is None
+
+
+def test_put_refuses_and_lookup_drops_a_copy_of_the_wrong_size(tmp_path: Any) -> None:
+    store = _remote(tmp_path, {"a.bin": b"A" * 100})
+    cache = ReadCache(str(tmp_path / "cache"), 10_000)
+    part = tmp_path / "cache" / "x.part-1"
+    part.write_bytes(b"A" * 60)
+    with pytest.raises(OSError) as info:
+        cache.put(store, ["a.bin"], "e1", str(part), size=100)
+    assert info.value.errno == errno.EIO and part.exists() and cache.total == 0 and len(cache) == 0
+    cache.put(store, ["a.bin"], "e1", str(part))  # an older copy recorded with its own size
+    assert cache.lookup(store, ["a.bin"], "e1", 60) is not None
+    assert cache.lookup(store, ["a.bin"], "e1", 100) is None  # not the object: dropped
+    assert len(cache) == 0 and cache.total == 0 and [n for n in os.listdir(tmp_path / "cache")] == []
+
+
+def test_usage(tmp_path: Any) -> None:
+    store = _remote(tmp_path, {"a.bin": b"A" * 100, "b.bin": b"B" * 50})
+    cache = ReadCache(str(tmp_path / "cache"), 10_000)
+    assert cache.usage() == (0, 10_000)
+    cache.localize(store, ["a.bin"])
+    cache.localize(store, ["b.bin"])
+    assert cache.usage() == (150, 10_000)
+
+
+def test_make_room_evicts_lru_for_the_disk(tmp_path: Any) -> None:
+    mib = 1048576
+    with tmpfs(tmp_path / "fs", "4m") as fs:
+        store = _remote(tmp_path, {f"f{i}.bin": bytes([i]) * mib for i in range(3)})
+        cache = ReadCache(str(fs / "cache"), 100 * mib)
+        paths = [cache.localize(store, [f"f{i}.bin"]) for i in range(3)]
+        assert cache.total == 3 * mib
+        assert not cache.make_room(5 * mib)  # can never fit on this disk: nothing evicted for it
+        assert cache.total == 3 * mib and all(os.path.exists(p) for p in paths)
+        assert cache.make_room(2 * mib + mib // 2)  # the least recently used go first
+        assert not os.path.exists(paths[0]) and os.path.exists(paths[2])
+        assert cache.total < 3 * mib
+        assert not cache.make_room(200 * mib) and not cache.fits(200 * mib)  # bigger than the bound
+
+
+def test_localize_on_a_full_disk_keeps_nothing(tmp_path: Any) -> None:
+    mib = 1048576
+    with tmpfs(tmp_path / "fs", "1m") as fs:
+        store = _remote(tmp_path, {"big.bin": os.urandom(2 * mib), "ok.bin": b"ok"})
+        cache = ReadCache(str(fs / "cache"), 100 * mib)
+        cache.localize(store, ["ok.bin"])
+        with pytest.raises(NoCacheSpace) as info:
+            cache.localize(store, ["big.bin"])  # known size: refused before downloading
+        assert info.value.errno == errno.ENOSPC and store.downloads == 1
+        etag = store.stat(["big.bin"]).etag or ""
+        with pytest.raises(NoCacheSpace):
+            cache.localize(store, ["big.bin"], etag)  # unknown size: ENOSPC while writing, evict, again
+        assert store.downloads == 3
+        # The small copy was evicted to try again; no part file or copy of big.bin is left.
+        assert sorted(os.listdir(fs / "cache")) == [] and cache.total == 0
