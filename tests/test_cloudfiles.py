@@ -280,7 +280,8 @@ def test_slo_upload_read_whole_and_across_segment_boundaries(store: CloudFileSto
     assert int(head["content-length"]) == 3 * MiB
     segments = segment_names(raw, store.container)
     assert len(segments) == 3
-    assert all(re.fullmatch(r"media/three\.bin/[0-9a-f]{32}/0000000[0-2]", name) for name in segments)
+    upload_id = r"\d{8}T\d{6}Z-[0-9a-f]{16}"  # new_upload_id(): its age shows in the name
+    assert all(re.fullmatch(rf"media/three\.bin/{upload_id}/0000000[0-2]", name) for name in segments)
     seg_sizes = [item["bytes"] for item in raw.get_container(store.container + "_segments")[1]]
     assert seg_sizes == [MiB, MiB, MiB]
 

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import logging
 import shutil
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -180,6 +181,14 @@ class Space:
     objects: int | None = None
 
 
+def new_upload_id() -> str:
+    """A new upload id: UTC time to the second, then 16 random hex digits,
+    ``20261201T142441Z-3f0c2a9d8e7b6a51``.  The time shows an upload's age (in segment names
+    on Swift), the random part keeps ids unique.  Callers that journal their uploads choose
+    the id with this and pass it to ``start_upload`` / ``store_local_file``."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:16]}"
+
+
 class Upload:
     """A file handed to the store while it is being appended to (``StorageInterface.start_upload``).
 
@@ -193,6 +202,8 @@ class Upload:
     begin_at: int = 0
     #: Bytes appended so far.
     accepted: int = 0
+    #: The id of this upload (``start_upload``'s, or a new one): ``discard_upload`` takes it.
+    upload_id: str = ""
 
     @property
     def started(self) -> bool:
@@ -327,12 +338,32 @@ class StorageInterface:
         self.__raise_not_implemented()
         raise AssertionError
 
-    def start_upload(self, filepath: Sequence[str]) -> Upload | None:
+    def start_upload(self, filepath: Sequence[str], upload_id: str | None = None) -> Upload | None:
         """An Upload to filepath fed while the file is written, or None if the store has none.
 
         Makes no request.  The store keeps its own window, so memory stays bounded.
+        *upload_id* (from :func:`new_upload_id`; a new one when None) names what the upload
+        leaves in the store before it finishes (Swift: its segments), so a caller that
+        journals it can :meth:`discard_upload` it after a crash.
         """
         return None
+
+    def discard_upload(self, filepath: Sequence[str], upload_id: str) -> int:
+        """Delete what the unfinished upload *upload_id* to filepath left in the store (Swift:
+        every segment of that upload); the number of objects deleted.  Idempotent (0 when
+        nothing is left).  Data the object now at filepath uses is never deleted (a finished
+        upload is not undone).  Stores that leave nothing behind return 0.
+        """
+        return 0
+
+    def collect_garbage(self, grace_seconds: float = 86400.0, dry_run: bool = False) -> list[str]:
+        """Delete what failed or abandoned uploads left behind and nothing references (Swift:
+        segments no manifest of the store's container uses), if older than *grace_seconds*
+        (never anything younger: an upload may still be in progress); the names deleted
+        (with *dry_run*, the names that would be, deleting nothing).  Stores that leave
+        nothing behind return [].
+        """
+        return []
 
     def stat_file(self, filepath: Sequence[str]) -> Entry:
         """Return the Entry of the file at filepath, in one request where the store can.
@@ -375,13 +406,15 @@ class StorageInterface:
         self.__raise_not_implemented()
 
     def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None, *,
-                         new: bool = False) -> Entry:
+                         new: bool = False, upload_id: str | None = None) -> Entry:
         """Store the local file filename at filepath in one step and return its new Entry.
 
         Like copy_local_to_storage, plus an optional mtime set with the data, and the
         resulting Entry (etag included) so callers need no extra stat.  ``new=True`` tells the
         store that the caller has just seen nothing at filepath, so it may skip its own checks
         (one PUT on Swift); an existing file is then never replaced: FileExistsError.
+        *upload_id*: as for :meth:`start_upload` (the id of the segments of a large object on
+        Swift); ignored by stores that leave nothing behind.
         """
         if new and self.file_exists(filepath):
             raise FileExistsError(errno.EEXIST, "file exists")

@@ -66,6 +66,7 @@ from . import (
     StorageConfigError,
     StorageInterface,
     Upload,
+    check_exact_component,
     resolve_components,
 )
 from . import NotImplementedError as StorageNotImplementedError
@@ -79,10 +80,13 @@ from .swift.largeobjects import (
     _HashingBody,
     _md5_range,
     _Segments,
+    parse_slo_manifest,
+    segment_prefix,
 )
 from .swift.listing import (
     DIRECTORY_TYPE,
     MTIME_PARAM,
+    dlo_prefix,
     entry_from_headers,
     entry_from_listing,
     format_mtime,
@@ -92,6 +96,7 @@ from .swift.listing import (
     is_slo,
     iter_listing,
     listing_etag,
+    maybe_dlo,
     maybe_slo,
     parse_listing_time,
     parse_mtime,
@@ -154,6 +159,12 @@ def _float_option(name: str, value: Any, default: float | None) -> float | None:
         raise StorageConfigError(f"{name} must be positive, not {number}")
     return number
 
+
+
+def _upload_group(segment: str) -> str:
+    """The upload a segment name belongs to (``<base>/<upload id>/``), or the name itself."""
+    head, sep, index = segment.rpartition("/")
+    return head + sep if sep and index.isdigit() else segment
 
 
 class CloudFileStorage(StorageInterface):
@@ -362,57 +373,97 @@ class CloudFileStorage(StorageInterface):
         return is_slo(headers)
 
     def _slo_segments(self, name: str) -> list[tuple[str, str]]:
-        """(container, object) of every segment of the SLO manifest name."""
+        """(container, object) of every segment of the SLO manifest name, as it is now.
+
+        The manifest is only trusted when the GET itself says it is one (``X-Static-Large-Object``):
+        an object replaced by a plain one since its HEAD gives [] (its content is never parsed).
+        """
         try:
-            _, body = self._call("get_object", self.container, name, query_string="multipart-manifest=get",
-                                 name=name)
-            manifest = json.loads(body)
+            headers, body = self._call("get_object", self.container, name, query_string="multipart-manifest=get",
+                                       name=name)
         except FileNotFoundError:
             return []
+        if not is_slo(headers):
+            log.debug("%s is no longer an SLO (replaced meanwhile): no segments to delete", name)
+            return []
+        try:
+            return parse_slo_manifest(body)
         except ValueError:
             log.warning("SLO manifest of %s is not JSON; its segments are left alone", name)
             return []
-        segments = []
-        for item in manifest:
-            path = str(item.get("name") or item.get("path") or "").lstrip("/")
-            container, _, obj = path.partition("/")
-            if container and obj:
-                segments.append((container, obj))
-        return segments
 
-    def _delete_segments(self, segments: Sequence[tuple[str, str]], wait: bool = True) -> None:
-        """Delete (container, object) pairs in parallel, missing ones ignored, failures logged.
-        ``wait=False``: in a background thread (cleanup after a failure must not hold the caller)."""
+    def _manifest_for_gc(self, name: str) -> list[tuple[str, str]] | None:
+        """The segments of the SLO name for garbage collection: None when it is gone or no
+        longer an SLO, an error when the manifest cannot be read (collection must stop then)."""
+        try:
+            headers, body = self._call("get_object", self.container, name, query_string="multipart-manifest=get",
+                                       name=name)
+        except FileNotFoundError:
+            return None
+        if not is_slo(headers):
+            return None
+        return parse_slo_manifest(body)
+
+    def _dlo_segments(self, name: str, container: str, prefix: str) -> list[tuple[str, str]]:
+        """(container, object) of every segment of the DLO manifest name: every object under its
+        prefix in its container (as the swift CLI deletes them), the manifest itself excepted."""
+        if not prefix:
+            log.warning("DLO %s takes every object of container %s as its segments: they are left alone",
+                        name, container)
+            return []
+        try:
+            items = list(self._iter_listing(prefix, container=container))
+        except FileNotFoundError:
+            return []
+        return [(container, item["name"]) for item in items
+                if "name" in item and not (container == self.container and item["name"] == name)]
+
+    def _segments_of(self, name: str, headers: Mapping[str, str] | None) -> list[tuple[str, str]]:
+        """The segments of name if its HEAD says it is a large object (SLO or DLO), else []."""
+        if is_slo(headers):
+            return self._slo_segments(name)
+        manifest = dlo_prefix(headers)
+        if manifest is not None:
+            return self._dlo_segments(name, *manifest)
+        return []
+
+    def _delete_segments(self, segments: Sequence[tuple[str, str]], wait: bool = True) -> int:
+        """Delete (container, object) pairs in parallel, missing ones ignored, failures logged; how
+        many were deleted.  ``wait=False``: in a background thread (cleanup after a failure must
+        not hold the caller), 0 returned."""
         if not segments:
-            return
+            return 0
         if not wait:
             threading.Thread(target=self._delete_segments, args=(list(segments),), daemon=True,
                              name="goblinfs-delete-segments").start()
-            return
+            return 0
 
-        def delete(segment: tuple[str, str]) -> None:
+        def delete(segment: tuple[str, str]) -> bool:
             container, obj = segment
             try:
                 self._call("delete_object", container, obj, name=f"{container}/{obj}")
+                return True
             except FileNotFoundError:
-                pass
+                return False
             except Exception as exc:
                 log.warning("could not delete segment %s/%s: %s", container, obj, exc)
+                return False
 
-        self._parallel(delete, list(segments))
+        return sum(self._parallel(delete, list(segments)))
 
     def _delete_object(self, name: str, headers: Mapping[str, str] | None = None) -> None:
-        """DELETE name; an SLO's segments go too.  FileNotFoundError when missing."""
+        """DELETE name; a large object's segments (SLO or DLO) go too.  FileNotFoundError when missing."""
         if headers is None:
             headers = self._head(name)
             if headers is None:
                 raise FileNotFoundError(errno.ENOENT, f"not found in Swift container {self.container}", name)
-        segments = self._slo_segments(name) if self._is_slo(headers) else []
+        segments = self._segments_of(name, headers)
         self._call("delete_object", self.container, name, name=name)
         self._delete_segments(segments)
 
     def _copy(self, src: str, dst: str, headers: Mapping[str, str] | None = None) -> None:
-        """Server-side copy; an SLO manifest is copied as a manifest (its segments are shared)."""
+        """Server-side copy; an SLO or DLO manifest is copied as a manifest (its segments are
+        shared), a DLO's X-Object-Manifest passed in *headers*."""
         copy_headers = {"X-Copy-From": "/" + urllib.parse.quote(f"{self.container}/{src}")}
         copy_headers.update(headers or {})
         self._call("put_object", self.container, dst, None, headers=copy_headers,
@@ -472,7 +523,8 @@ class CloudFileStorage(StorageInterface):
 
     def _upload(self, path: str | None, name: str, *, content_type: str, mtime_ns: int | None = None,
                 meta: Mapping[str, str] | None = None, exclusive: bool = False,
-                old: Mapping[str, str] | None | object = _HEAD, stream: SegmentStream | None = None) -> Entry:
+                old: Mapping[str, str] | None | object = _HEAD, stream: SegmentStream | None = None,
+                upload_id: str | None = None) -> Entry:
         """Upload the local file path as object name (SLO when large); return its Entry.
 
         ``old`` is the HEAD of the object being replaced if the caller has it (None: there is
@@ -488,7 +540,6 @@ class CloudFileStorage(StorageInterface):
             raise FileExistsError(errno.EEXIST, "file exists", name)
         if old is not None and is_directory_type(old.get("content-type")):
             raise IsADirectoryError(errno.EISDIR, "is a directory", name)
-        old_segments = self._slo_segments(name) if self._is_slo(old) else []
         size = stream.accepted if stream is not None else os.path.getsize(path)  # type: ignore[arg-type]
         segment_size = self._effective_segment_size(size)
         if size > segment_size and not self.slo_enabled:
@@ -501,19 +552,37 @@ class CloudFileStorage(StorageInterface):
         if exclusive:
             headers["If-None-Match"] = "*"
         full_type = f"{content_type};{MTIME_PARAM}={mtime}"
+        # What the new object replaces is read just before the PUT that replaces it (for an SLO
+        # after its segments were sent, which may take long): a writer that replaced the old
+        # object meanwhile has its segments deleted, not leaked.
+        replaced: list[tuple[str, str]] = []
+        segments: Sequence[tuple[str, str, int]] = []
         try:
             if stream is not None:
-                etag = self._put_manifest(name, stream.segments, full_type, headers)
+                segments = stream.segments
+                replaced = [] if exclusive else self._segments_of(name, self._head(name))
+                etag = self._put_manifest(name, segments, full_type, headers)
             elif size > segment_size:
-                etag = self._upload_slo(path, name, size, segment_size, full_type, headers)  # type: ignore[arg-type]
+                self._ensure_segment_container()
+                uploader = SegmentUploader(self, path, name, segment_size, upload_id)  # type: ignore[arg-type]
+                try:
+                    uploader.send(size)
+                    segments = uploader.results()
+                    replaced = [] if exclusive else self._segments_of(name, self._head(name))
+                    etag = self._put_manifest(name, segments, full_type, headers)
+                except BaseException:
+                    uploader.discard(wait=False)
+                    raise
+                uploader.close()
             else:
+                replaced = [] if exclusive else self._segments_of(name, old)
                 etag = self._upload_single(path, name, size, full_type, headers)  # type: ignore[arg-type]
         except ClientException as exc:
             if exc.http_status == 412 and exclusive:
                 raise FileExistsError(errno.EEXIST, "file exists", name) from None
             raise self._map_error(exc, name, None) from exc  # type: ignore[misc]
-        if old_segments:
-            self._delete_segments(old_segments)
+        ours = {(self.segment_container, segment) for segment, _, _ in segments}
+        self._delete_segments([segment for segment in replaced if segment not in ours])
         log.debug("uploaded %s (%d bytes, %s)", name, size,
                   "streamed SLO" if stream is not None else "SLO" if size > segment_size else "single PUT")
         return Entry(components[-1], False, size, mtime_ns, etag, content_type)
@@ -531,19 +600,6 @@ class CloudFileStorage(StorageInterface):
         if etag and etag != md5:
             raise OSError(errno.EIO, f"Swift stored {name} with ETag {etag}, expected {md5}", name)
         return md5
-
-    def _upload_slo(self, path: str, name: str, size: int, segment_size: int, full_type: str,
-                    headers: Mapping[str, str]) -> str:
-        self._ensure_segment_container()
-        uploader = SegmentUploader(self, path, name, segment_size)
-        try:
-            uploader.send(size)
-            etag = self._put_manifest(name, uploader.results(), full_type, headers)
-        except BaseException:
-            uploader.discard(wait=False)
-            raise
-        uploader.close()
-        return etag
 
     def _put_manifest(self, name: str, segments: Sequence[tuple[str, str, int]], full_type: str,
                       headers: Mapping[str, str]) -> str:
@@ -663,8 +719,10 @@ class CloudFileStorage(StorageInterface):
     def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:
         """Delete the directory; True on success, False when missing, not empty (non-recursive) or the root.
 
-        Non-recursive: only a directory holding nothing but its marker.  Recursive: every
-        object under it (SLO segments too), then the marker.
+        Non-recursive: only a directory holding nothing but its marker, and never data: when
+        the ``name/`` object (or an ``application/directory`` object ``name``) holds bytes or
+        is not of type application/directory, NotADirectoryError (ENOTDIR) and nothing is
+        deleted.  Recursive: every object under it (SLO and DLO segments too), then the marker.
         """
         components = self._components(dirpath)
         if not components:
@@ -680,6 +738,12 @@ class CloudFileStorage(StorageInterface):
                 return False
             if not items and dir_object is None:
                 return False
+            # rmdir never deletes data: a "name/" object that is no marker holds a file's bytes.
+            for item in items:
+                if not is_directory_type(item.get("content_type")) or int(item.get("bytes") or 0):
+                    raise NotADirectoryError(errno.ENOTDIR, "not a directory: the object name/ holds data", prefix)
+            if dir_object is not None and int(dir_object.get("content-length") or 0):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory: the directory object holds data", name)
             for item in items:
                 with suppress(FileNotFoundError):
                     self._call("delete_object", self.container, item["name"], name=item["name"])
@@ -694,7 +758,7 @@ class CloudFileStorage(StorageInterface):
         def delete(item: Mapping[str, Any]) -> None:
             name = item["name"]
             headers: Mapping[str, str] | None = {}
-            if self._maybe_slo(item):
+            if maybe_slo(item) or maybe_dlo(item):
                 headers = self._head(name)
                 if headers is None:
                     return
@@ -712,10 +776,6 @@ class CloudFileStorage(StorageInterface):
             with suppress(FileNotFoundError):
                 self._call("delete_object", self.container, name, name=name)
         return True
-
-    @staticmethod
-    def _maybe_slo(item: Mapping[str, Any]) -> bool:
-        return maybe_slo(item)
 
     def file_url(self, filepath: Sequence[str]) -> str:
         """urljoin(base_url, cleaned path) when base_url is set, else the object's storage URL."""
@@ -755,16 +815,17 @@ class CloudFileStorage(StorageInterface):
     # ------------------------------------------------------------ filesystem extension
 
     def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None, *,
-                         new: bool = False) -> Entry:
+                         new: bool = False, upload_id: str | None = None) -> Entry:
         """Upload filename to filepath with its mtime (default: now); return the new Entry.
 
         The Entry's etag is the one stat and list_dir report (an SLO's too).  ``new=True``: one
         PUT with ``If-None-Match: *``; FileExistsError if an object is already there.
+        *upload_id* names the segments of a large file (``<name>/<upload id>/<index>``).
         """
-        return self._store_local(filename, self._file_name(filepath), mtime_ns, new)
+        return self._store_local(filename, self._file_name(filepath), mtime_ns, new, upload_id=upload_id)
 
     def _store_local(self, filename: str | None, name: str, mtime_ns: int | None, new: bool,
-                     stream: SegmentStream | None = None) -> Entry:
+                     stream: SegmentStream | None = None, upload_id: str | None = None) -> Entry:
         components = name.split("/")
         self._check_new_name(name, components)
         content_type = guess_type(components[-1])
@@ -772,19 +833,109 @@ class CloudFileStorage(StorageInterface):
             # One PUT: If-None-Match: * makes Swift refuse (412) rather than replace an object
             # the caller did not know of (whose SLO segments would be left behind).
             return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, exclusive=True,
-                                old=None, stream=stream)
+                                old=None, stream=stream, upload_id=upload_id)
         old = self._head(name)
         if old is None and self._dir_probe(name) is not None:
             raise IsADirectoryError(errno.EISDIR, "is a directory", name)
-        return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, old=old, stream=stream)
+        return self._upload(filename, name, content_type=content_type, mtime_ns=mtime_ns, old=old, stream=stream,
+                            upload_id=upload_id)
 
-    def start_upload(self, filepath: Sequence[str]) -> Upload | None:
-        """A SegmentStream: files larger than segment_size go up while they are being written."""
+    def start_upload(self, filepath: Sequence[str], upload_id: str | None = None) -> Upload | None:
+        """A SegmentStream: files larger than segment_size go up while they are being written.
+        Its segments are ``<name>/<upload_id>/<index>`` (a new id when None)."""
         if not self.slo_enabled:
             return None
         name = self._file_name(filepath)
         self._check_new_name(name, name.split("/"))
-        return SegmentStream(self, name, self._base_segment_size())
+        return SegmentStream(self, name, self._base_segment_size(), upload_id=upload_id)
+
+    def discard_upload(self, filepath: Sequence[str], upload_id: str) -> int:
+        """Delete every segment of the unfinished upload *upload_id* to filepath (all objects under
+        ``<name>/<upload_id>/`` in the segments container); how many were deleted.  Idempotent.
+
+        Segments that the object now at filepath references are kept: a finished upload is
+        never undone (call it only for uploads that did not finish).
+        """
+        name = self._file_name(filepath)
+        check_exact_component(upload_id)
+        prefix = segment_prefix(name, upload_id, self.max_object_name_length)
+        try:
+            items = list(self._iter_listing(prefix, container=self.segment_container))
+        except FileNotFoundError:
+            return 0
+        if not items:
+            return 0
+        in_use = set(self._segments_of(name, self._head(name)))
+        doomed = [(self.segment_container, item["name"]) for item in items
+                  if (self.segment_container, item["name"]) not in in_use]
+        if len(doomed) < len(items):
+            log.warning("upload %s of %s finished: its %d segment(s) in use are kept", upload_id, name,
+                        len(items) - len(doomed))
+        deleted = self._delete_segments(doomed)
+        log.info("discarded upload %s of %s: %d segment(s) deleted", upload_id, name, deleted)
+        return deleted
+
+    def collect_garbage(self, grace_seconds: float = 86400.0, dry_run: bool = False) -> list[str]:
+        """Delete the segments in ``<container>_segments`` that no manifest of the container
+        references and whose upload is older than *grace_seconds*; their names.
+
+        References: every SLO manifest's segments (``?multipart-manifest=get``; listings flag SLOs)
+        and every object under a DLO manifest's prefix (zero-byte objects are HEADed to find
+        them).  A segment named ``<base>/<upload id>/<index>`` is as old as the newest segment
+        of its upload (an upload still sending keeps all its segments); any other one by its
+        own ``last_modified``.  Nothing younger than the grace period is touched.  Manifests in
+        other containers are not seen: segments only they use must be kept by a larger grace.
+        """
+        cutoff_ns = time.time_ns() - int(grace_seconds * 1e9)
+        try:
+            segment_items = list(self._iter_listing("", container=self.segment_container))
+        except FileNotFoundError:
+            return []
+        if not segment_items:
+            return []
+        items = list(self._iter_listing(""))
+        slo_names = [item["name"] for item in items if "name" in item and maybe_slo(item)]
+        dlo_candidates = [item["name"] for item in items if "name" in item and maybe_dlo(item)]
+        referenced: set[tuple[str, str]] = set()
+        prefixes: list[tuple[str, str]] = []
+        vanished = 0
+        for segments in self._parallel(self._manifest_for_gc, slo_names):
+            if segments is None:
+                vanished += 1
+            else:
+                referenced.update(segments)
+        for headers in self._parallel(self._head, dlo_candidates):
+            if headers is None:
+                vanished += 1
+            manifest = dlo_prefix(headers)
+            if manifest is not None:
+                prefixes.append(manifest)
+        if vanished:
+            # A manifest listed and gone since may have been moved (copied elsewhere, then
+            # deleted): its segments may be in use under a name this listing did not show.
+            log.warning("garbage collection of %s skipped: %d manifest(s) changed while it ran; try again later",
+                        self.segment_container, vanished)
+            return []
+        newest: dict[str, int] = {}
+        for item in segment_items:
+            group = _upload_group(item["name"])
+            modified = parse_listing_time(item.get("last_modified"))
+            newest[group] = max(newest.get(group, 0), modified)
+        garbage = []
+        for item in segment_items:
+            name = item["name"]
+            if (self.segment_container, name) in referenced:
+                continue
+            if any(container == self.segment_container and name.startswith(prefix) for container, prefix in prefixes):
+                continue
+            if newest[_upload_group(name)] > cutoff_ns:
+                continue
+            garbage.append(name)
+        if not dry_run and garbage:
+            self._delete_segments([(self.segment_container, name) for name in garbage])
+        log.info("garbage collection of %s: %d unreferenced segment(s) older than %g s %s", self.segment_container,
+                 len(garbage), grace_seconds, "found (dry run)" if dry_run else "deleted")
+        return garbage
 
     def list_dir(self, dirpath: Sequence[str]) -> list[Entry]:
         """One directory's children from a delimiter listing, without a HEAD per object.
@@ -797,6 +948,7 @@ class CloudFileStorage(StorageInterface):
         name = "/".join(components)
         prefix = name + "/" if components else ""
         entries: dict[str, Entry] = {}
+        zero_byte: list[str] = []
         found = False
         for item in self._iter_listing(prefix, delimiter="/"):
             found = True
@@ -818,13 +970,25 @@ class CloudFileStorage(StorageInterface):
                 self._log_collision(prefix + leaf)
                 continue
             entries[leaf] = entry
+            if maybe_dlo(item):
+                zero_byte.append(leaf)
         if not found and components:
             headers = self._head(name)
             if headers is None:
                 raise FileNotFoundError(errno.ENOENT, "no such directory", name)
             if not is_directory_type(headers.get("content-type")):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
+        self._resolve_dlo_sizes(prefix, entries, [leaf for leaf in zero_byte if not entries[leaf].is_dir])
         return list(entries.values())
+
+    def _resolve_dlo_sizes(self, prefix: str, entries: dict[str, Entry], leaves: list[str]) -> None:
+        """Listings show a DLO manifest as 0 bytes: HEAD the zero-byte files (in parallel, only
+        them) and take a DLO's real size, etag and mtime from its HEAD."""
+        if not leaves:
+            return
+        for leaf, headers in zip(leaves, self._parallel(lambda leaf: self._head(prefix + leaf), leaves), strict=True):
+            if headers is not None and dlo_prefix(headers) is not None:
+                entries[leaf] = self._entry_from_headers(leaf, headers)
 
     def stat(self, filepath: Sequence[str]) -> Entry:
         """The Entry of a file (HEAD) or directory (marker or children); FileNotFoundError if missing."""
@@ -898,11 +1062,14 @@ class CloudFileStorage(StorageInterface):
         if (dst_headers is not None and is_directory_type(dst_headers.get("content-type"))) or \
                 self._dir_probe(dst_name) is not None:
             raise IsADirectoryError(errno.EISDIR, "is a directory", dst_name)
-        old_segments = self._slo_segments(dst_name) if self._is_slo(dst_headers) else []
-        self._copy(src_name, dst_name)
+        old_segments = self._segments_of(dst_name, dst_headers)
+        if old_segments:  # never those dst will share with src (a copy of the same large object)
+            kept = set(self._segments_of(src_name, src_headers))
+            old_segments = [segment for segment in old_segments if segment not in kept]
+        manifest = src_headers.get("x-object-manifest")
+        self._copy(src_name, dst_name, {"X-Object-Manifest": manifest} if manifest else None)
         self._call("delete_object", self.container, src_name, name=src_name)
-        if old_segments:
-            self._delete_segments(old_segments)
+        self._delete_segments(old_segments)
 
     def _move_dir(self, src_name: str, dst_name: str, src_dir_object: Mapping[str, str] | None) -> None:
         src_prefix, dst_prefix = src_name + "/", dst_name + "/"

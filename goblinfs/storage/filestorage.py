@@ -344,10 +344,12 @@ class BasicFileStorage(StorageInterface):
     # ------------------------------------------------------------- filesystem extension
 
     def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None, *,
-                         new: bool = False) -> Entry:
+                         new: bool = False, upload_id: str | None = None) -> Entry:
         """Store filename at filepath atomically (mode bits kept, optional mtime); its new Entry.
 
-        ``new=True``: never replaces an existing file (FileExistsError).
+        ``new=True``: never replaces an existing file (FileExistsError).  *upload_id* is
+        accepted and ignored: a local store leaves nothing behind (``discard_upload`` and
+        ``collect_garbage`` have nothing to do).
         """
         with open(filename, "rb") as source:
             st = os.fstat(source.fileno())

@@ -152,10 +152,35 @@ class MountStorage(StorageInterface):
             return Entry(name=components[-1] if components else "", is_dir=True)
         return backend.stat(rest)
 
-    def start_upload(self, filepath: Sequence[str]) -> Upload | None:
+    def start_upload(self, filepath: Sequence[str], upload_id: str | None = None) -> Upload | None:
         """Upload into the holding store."""
         backend, rest = self._forward(filepath)
-        return backend.start_upload(rest)
+        return backend.start_upload(rest, upload_id)
+
+    def discard_upload(self, filepath: Sequence[str], upload_id: str) -> int:
+        """Discarded by the holding store."""
+        backend, rest = self._forward(filepath)
+        return backend.discard_upload(rest, upload_id)
+
+    def collect_garbage(self, grace_seconds: float = 86400.0, dry_run: bool = False) -> list[str]:
+        """Every mounted store collects its own garbage; the names of all (each store's own names)."""
+        names: list[str] = []
+        for backend in self._backends():
+            names.extend(backend.collect_garbage(grace_seconds, dry_run))
+        return names
+
+    def _backends(self) -> list[StorageInterface]:
+        found: list[StorageInterface] = []
+        pending = [self.mounttab]
+        while pending:
+            node = pending.pop()
+            for key, value in node.items():
+                if key is None:
+                    if all(value is not other for other in found):
+                        found.append(value)
+                else:
+                    pending.append(value)
+        return found
 
     def stat_file(self, filepath: Sequence[str]) -> Entry:
         """Stat of a file in the holding store."""
@@ -188,10 +213,10 @@ class MountStorage(StorageInterface):
         backend.set_mtime(rest, mtime_ns)
 
     def store_local_file(self, filename: str, filepath: Sequence[str], mtime_ns: int | None = None, *,
-                         new: bool = False) -> Entry:
+                         new: bool = False, upload_id: str | None = None) -> Entry:
         """Stored by the holding store."""
         backend, rest = self._forward(filepath)
-        return backend.store_local_file(filename, rest, mtime_ns, new=new)
+        return backend.store_local_file(filename, rest, mtime_ns, new=new, upload_id=upload_id)
 
     def space(self) -> Space:
         """The root store's space (or the first mounted one's)."""

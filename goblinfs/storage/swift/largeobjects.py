@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import queue
 import threading
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import suppress
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from swiftclient.utils import LengthWrapper
 
-from .. import Entry, Upload
+from .. import Entry, Upload, new_upload_id
 from .listing import strip_etag
 
 if TYPE_CHECKING:
@@ -57,6 +57,36 @@ def _md5_range(path: str, start: int, length: int) -> str:
             remaining -= len(chunk)
     return digest.hexdigest()
 
+
+
+def segment_base(name: str, upload_id: str, max_name_length: int) -> str:
+    """The first part of the segment names of object *name*: the name itself, or its SHA-256
+    when ``<name>/<upload id>/<index>`` would be longer than Swift allows."""
+    if len(f"{name}/{upload_id}/00000000".encode()) > max_name_length:
+        return hashlib.sha256(name.encode("utf-8")).hexdigest()
+    return name
+
+
+def segment_prefix(name: str, upload_id: str, max_name_length: int) -> str:
+    """The prefix (in the segments container) of every segment of one upload of *name*."""
+    return f"{segment_base(name, upload_id, max_name_length)}/{upload_id}/"
+
+
+def parse_slo_manifest(body: bytes) -> list[tuple[str, str]]:
+    """(container, object) of each segment of an SLO manifest as ``?multipart-manifest=get``
+    returns it; ValueError when it is not a manifest."""
+    manifest = json.loads(body)
+    if not isinstance(manifest, list):
+        raise ValueError("an SLO manifest is a JSON list")
+    segments = []
+    for item in manifest:
+        if not isinstance(item, dict):
+            raise ValueError("an SLO manifest lists objects")
+        path = str(item.get("name") or item.get("path") or "").lstrip("/")
+        container, _, obj = path.partition("/")
+        if container and obj:
+            segments.append((container, obj))
+    return segments
 
 
 class _HashingBody(LengthWrapper):
@@ -99,14 +129,13 @@ class _Segments:
     """The names of one upload's segments: ``<name>/<upload id>/<index>`` in the segments
     container (a hash instead of the name when that would be too long)."""
 
-    def __init__(self, store: CloudFileStorage, name: str, segment_size: int) -> None:
+    def __init__(self, store: CloudFileStorage, name: str, segment_size: int, upload_id: str | None = None) -> None:
         self.store = store
         self.name = name
         self.segment_size = segment_size
-        self.upload_id = uuid.uuid4().hex
-        self.base = name
-        if len(f"{name}/{self.upload_id}/00000000".encode()) > store.max_object_name_length:
-            self.base = hashlib.sha256(name.encode("utf-8")).hexdigest()
+        #: Chosen by the caller (who may journal it, to discard the upload after a crash) or new.
+        self.upload_id = upload_id or new_upload_id()
+        self.base = segment_base(name, self.upload_id, store.max_object_name_length)
 
     def segment_name(self, index: int) -> str:
         return f"{self.base}/{self.upload_id}/{index:08d}"
@@ -119,8 +148,9 @@ class SegmentUploader(_Segments):
     written, so a failed upload changes nothing visible; its segments are deleted.
     """
 
-    def __init__(self, store: CloudFileStorage, local_path: str, name: str, segment_size: int) -> None:
-        super().__init__(store, name, segment_size)
+    def __init__(self, store: CloudFileStorage, local_path: str, name: str, segment_size: int,
+                 upload_id: str | None = None) -> None:
+        super().__init__(store, name, segment_size, upload_id)
         self.local_path = local_path
         self.futures: list[Future[tuple[str, str, int]]] = []
         self.sent = 0
@@ -187,8 +217,10 @@ class SegmentStream(_Segments, Upload):
     visible before that; a failed or abandoned stream's segments are deleted.
     """
 
-    def __init__(self, store: CloudFileStorage, name: str, segment_size: int, window: int = 16) -> None:
-        super().__init__(store, name, max(min(segment_size, STREAM_SEGMENT_SIZE), store.min_segment_size))
+    def __init__(self, store: CloudFileStorage, name: str, segment_size: int, window: int = 16,
+                 upload_id: str | None = None) -> None:
+        super().__init__(store, name, max(min(segment_size, STREAM_SEGMENT_SIZE), store.min_segment_size),
+                         upload_id)
         #: The vfs streams a file only once it is larger than this (smaller files: one PUT).
         self.begin_at = segment_size
         self.accepted = 0
