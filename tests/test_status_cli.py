@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -276,6 +277,57 @@ def test_status_of_a_real_local_mount(tmp_path: Path) -> None:
         assert "stores: queue (local), public (local)" in lines
         assert "pending uploads: none" in lines
         assert any("WARNING" in line and "cleans to nothing" in line for line in lines)
+        mounted.check_log()
+
+
+#: Opens argv[1] for writing, writes 100 kB, says so, and closes it when stdin ends.
+WRITER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(fd, b"p" * 100_000)
+print("written", flush=True)
+sys.stdin.read()
+os.close(fd)
+"""
+
+
+@pytest.mark.fuse
+@pytest.mark.swift
+def test_status_shows_a_pending_upload_on_swift(tmp_path: Path, swift_env: dict[str, Any],
+                                                gc_container: str) -> None:
+    """A file written on Swift and still open is a pending upload, with its size, until close()."""
+    config = write_swift_config(tmp_path / "cfg", swift_env, gc_container)
+    mnt = tmp_path / "mnt"
+    with Mounted(config, mnt) as mounted:
+        # The writer is another process: a file open here would be flushed (published) by every
+        # fork+exec of this process (close-on-exec closes it in the child: FUSE FLUSH).
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(mnt / "public" / "pending.bin")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == "written\n"
+            result = goblinfs("status", mnt, "--json")
+            assert_ok(result)
+            doc = json.loads(result.stdout)
+            assert doc["stores"] == {"queue": {"kind": "swift"}, "public": {"kind": "swift"}}
+            pending = [p for p in doc["pending_uploads"] if p["path"] == "pending.bin"]
+            assert len(pending) == 1, doc
+            assert pending[0]["store"] == "public" and pending[0]["bytes"] == 100_000
+            assert abs(pending[0]["since"] - time.time()) < 120
+            text = goblinfs("status", mnt)
+            assert_ok(text)
+            assert "pending uploads: 1" in text.stdout.splitlines()
+            assert any(line.startswith("  public/pending.bin ") and "97.7 KiB" in line
+                       for line in text.stdout.splitlines()), text.stdout
+            writer.communicate("", timeout=60)  # the writer closes the file: uploaded
+            assert writer.returncode == 0
+        finally:
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait()
+        result = goblinfs("status", mnt, "--json")
+        assert_ok(result)
+        assert json.loads(result.stdout)["pending_uploads"] == []
         mounted.check_log()
 
 
