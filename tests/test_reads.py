@@ -398,6 +398,38 @@ def test_mount_tiny_tmpfs_workbench(swift_env: dict[str, Any], container: str, t
         drop_container(swift_env, container + "-queue")
 
 
+def test_mount_parallel_downloads_fill_the_workbench(swift_env: dict[str, Any], container: str,
+                                                    tmp_path: Path) -> None:
+    """Two 6 MiB objects read at once with an 8 MiB workbench: each fits alone, not both, so a
+    download runs out of disk midway (ENOSPC, no stand-in): both sha256sums are still right."""
+    storage = make_cloud_storage(swift_env, container, staging_dir=str(tmp_path))
+    objects = {f"o{i}.bin": os.urandom(6 * MIB) for i in range(2)}
+    for name, data in objects.items():
+        upload(storage, tmp_path, name, data)
+    config = write_swift_config(tmp_path / "cfg", swift_env, container)
+    try:
+        with tmpfs(tmp_path / "wb", "8m") as wb, \
+                Mounted(config, tmp_path / "mnt", options=f"cache_dir={wb}") as mounted:
+            public = mounted.mountpoint / "public"
+            for _attempt in range(2):
+                procs = {name: subprocess.Popen(["sha256sum", str(public / name)], stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE, text=True) for name in objects}
+                for name, proc in procs.items():
+                    try:
+                        out, err = proc.communicate(timeout=300)
+                    finally:
+                        if proc.poll() is None:
+                            proc.kill()
+                            proc.wait()
+                    assert proc.returncode == 0, err
+                    assert out.split()[0] == sha(objects[name])
+                    assert os.stat(public / name).st_size == len(objects[name])
+            assert part_files(wb / "cache") == []
+            mounted.check_log()
+    finally:
+        drop_container(swift_env, container + "-queue")
+
+
 def test_mount_failing_gets_are_eio_never_a_short_success(fault_swift: FaultSwift, container: str,
                                                           tmp_path: Path) -> None:
     """Through FUSE, every GET of the object failing after a cut-short body: sha256sum fails

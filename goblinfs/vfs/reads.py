@@ -325,6 +325,15 @@ class Download:
             await self.progress.wait()
 
 
+def _joinable(node: Node, entry: Entry) -> Download | None:
+    """The node's download if a new open of the object with this entry may share it."""
+    download = node.download
+    if (download is None or download.etag != (entry.etag or "") or download.size != entry.size
+            or download.state not in JOINABLE):
+        return None
+    return download
+
+
 def _reader_etag(source: Any) -> str | None:
     """The ETag of the GET behind a store's reader, if it tells (Swift's does)."""
     raw = getattr(source, "raw", source)
@@ -368,8 +377,8 @@ class ReadsMixin:
         if cached is not None:
             fd = os.open(cached, os.O_RDONLY | os.O_CLOEXEC)
             return self._new_handle(node, fd, False, True, keep_cache=keep)
-        download = node.download
-        if download is None or download.etag != etag or download.size != entry.size or download.state not in JOINABLE:
+        download = _joinable(node, entry)
+        if download is None:
             if entry.size <= self.options.stream_threshold:
                 fd = await self._localize(node, entry)
                 if fd is not None:
@@ -406,6 +415,9 @@ class ReadsMixin:
             raise OSError(errno.EIO, "no nursery for background downloads")
         cache = self.cache
         room = cache.fits(entry.size) and await store.call(cache.make_room, entry.size)
+        joined = _joinable(node, entry)  # another open of it may have started one meanwhile
+        if joined is not None:
+            return joined
         download = Download(node, entry.size, entry.etag or "")
         node.download = download
         if not room:
