@@ -91,10 +91,15 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
     @nursery.setter
     def nursery(self, nursery: trio.Nursery | None) -> None:
         self._nursery = nursery
-        if nursery is not None and not self._recovery_started:
-            # What an earlier run left in the journal is finished or set aside at once.
-            self._recovery_started = True
-            nursery.start_soon(self._recover_safely)
+        if nursery is None or self._recovery_started or self.journal is None:
+            return
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:  # set from outside the run: its owner calls recover()
+            return
+        # What an earlier run left in the journal is finished or set aside at once.
+        self._recovery_started = True
+        nursery.start_soon(self._recover_safely)
 
     async def _recover_safely(self) -> None:
         try:
