@@ -72,11 +72,14 @@ for line in sys.stdin:
     cmd, *args = line.split()
     try:
         if cmd == "open":
-            fds["main"] = os.open(sys.argv[2], os.O_WRONLY | os.O_TRUNC)
+            flags = os.O_WRONLY | (os.O_TRUNC if args[0] == "trunc" else 0)
+            fds["main"] = os.open(sys.argv[2], flags)
         elif cmd == "write":
             end = int(args[0])
             while pos < end:
                 pos += os.write(fds["main"], src[pos:min(end, pos + 131072)])
+        elif cmd == "truncate":
+            os.ftruncate(fds["main"], int(args[0]))
         elif cmd == "dup":
             fds["dup"] = os.dup(fds["main"])
         elif cmd == "closedup":
@@ -158,13 +161,18 @@ class Point:
     "close-delay-manifest" / "close-hang-manifest" (kill while the final close's segment or
     manifest PUT is held by the fault proxy), "close" (kill right after close returned),
     "fsync" (all written, fsync returned, kill before close).  ``at`` is a function of the new
-    content's length; ``pause``: seconds between the last answer and the kill.
+    content's length; ``pause``: seconds between the last answer and the kill.  ``mode``:
+    "trunc" (open with O_TRUNC and append: the file is streamed to Swift past segment_size) or
+    "inplace" (open without O_TRUNC, write over the old bytes from offset 0, then ftruncate to
+    the new length before any close: the file is staged, so a sealed one is uploaded again from
+    the journal at the next mount).
     """
 
     id: str
     kind: str
     at: Callable[[int], int] = dataclasses.field(default=lambda n: n, compare=False)
     pause: float = 0.0
+    mode: str = "trunc"
 
     @property
     def proxied(self) -> bool:
@@ -185,6 +193,7 @@ def _points() -> list[Point]:
         Point("close-hang-manifest", "close-hang-manifest"),
         Point("close-delay-manifest", "close-delay-manifest"),
         Point("after-close", "close"),
+        Point("inplace-close-hang-manifest", "close-hang-manifest", mode="inplace"),
     ]
     if SLOW:
         points += [
@@ -201,6 +210,11 @@ def _points() -> list[Point]:
             Point("fsync-before-close", "fsync"),
             Point("write-mid-now", "write", lambda n: n // 2 + 12345),
             Point("after-close-paused", "close", pause=1.0),
+            Point("inplace-write-mid", "write", lambda n: n // 2 + 12345, pause=0.5, mode="inplace"),
+            Point("inplace-write-all-no-close", "write", mode="inplace"),
+            Point("inplace-flush-dup", "flush", mode="inplace"),
+            Point("inplace-close-delay-segment", "close-delay-segment", mode="inplace"),
+            Point("inplace-after-close", "close", mode="inplace"),
         ]
         rng = random.Random(4242)
         for i in range(6):
@@ -277,20 +291,30 @@ def orphan_segments(conn: Any, container: str) -> list[str]:
     referenced: set[str] = set()
     _h, objects = conn.get_container(container, full_listing=True)
     for obj in objects:
-        try:
-            headers = conn.head_object(container, obj["name"])
-        except swiftclient.ClientException:
-            continue
-        if headers.get("x-static-large-object", "").lower() == "true":
-            _h, body = conn.get_object(container, obj["name"], query_string="multipart-manifest=get")
-            for seg in json.loads(body):
-                seg_container, _, seg_name = seg["name"].lstrip("/").partition("/")
-                if seg_container == container + "_segments":
-                    referenced.add(seg_name)
-        elif "x-object-manifest" in headers:
-            prefix = headers["x-object-manifest"].partition("/")[2]
-            referenced |= {n for n in names if n.startswith(prefix)}
+        referenced |= manifest_segments(conn, container, obj["name"], names)
     return sorted(names - referenced)
+
+
+def manifest_segments(conn: Any, container: str, name: str, existing: set[str] | None = None) -> set[str]:
+    """The names in <container>_segments that the object's manifest (SLO or DLO) refers to."""
+    import swiftclient
+
+    try:
+        headers = conn.head_object(container, name)
+    except swiftclient.ClientException:
+        return set()
+    if headers.get("x-static-large-object", "").lower() == "true":
+        _h, body = conn.get_object(container, name, query_string="multipart-manifest=get")
+        out = set()
+        for seg in json.loads(body):
+            seg_container, _, seg_name = seg["name"].lstrip("/").partition("/")
+            if seg_container == container + "_segments":
+                out.add(seg_name)
+        return out
+    if "x-object-manifest" in headers:
+        prefix = headers["x-object-manifest"].partition("/")[2]
+        return {n for n in existing or () if n.startswith(prefix)}
+    return set()
 
 
 def recovered_files(cache_dir: Path) -> list[Path]:
@@ -352,6 +376,7 @@ class Rig:
         self.mounts: list[Mounted] = []
         self.writers: list[Writer] = []
         self.file = self.mnt / STORE / NAME
+        self.old_segments: set[str] = set()
 
     def mount(self) -> Mounted:
         """The first mount (nothing at the mountpoint yet)."""
@@ -388,11 +413,19 @@ class Rig:
     def recovered(self) -> list[Path]:
         return recovered_files(self.cache_dir)
 
-    def orphans_after_wait(self) -> list[str]:
-        """Orphaned segments still there ORPHAN_WAIT seconds from now (empty as soon as none)."""
+    def orphan_problems(self) -> list[str]:
+        """Orphaned segments still there ORPHAN_WAIT seconds from now (none: at once), told apart:
+        the old object's (not deleted after it was replaced) and those of other uploads."""
         if wait_until(lambda: not orphan_segments(self.conn, self.container), ORPHAN_WAIT):
             return []
-        return orphan_segments(self.conn, self.container)
+        orphans = orphan_segments(self.conn, self.container)
+        if not orphans:
+            return []
+        of_old = [o for o in orphans if o in self.old_segments]
+        others = sorted({o.rsplit("/", 1)[0] for o in orphans if o not in self.old_segments})
+        return [f"{len(orphans)} orphaned segments in {self.container}_segments {ORPHAN_WAIT} s after the "
+                f"remount: {len(of_old)} of the old object's (replaced, never deleted), "
+                f"{len(orphans) - len(of_old)} of other uploads {others}"]
 
     def close(self) -> None:
         for writer in self.writers:
@@ -447,6 +480,7 @@ def put_old(rig: Rig, old: bytes) -> None:
     rig.file.write_bytes(old)
     assert rig.stored() == old, "setup: the old content is not on Swift"
     assert not orphan_segments(rig.conn, rig.container), "setup: orphaned segments before the crash"
+    rig.old_segments = manifest_segments(rig.conn, rig.container, NAME)
 
 
 @pytest.mark.swift
@@ -485,26 +519,24 @@ def test_kill_during_overwrite(point: Point, swift_env: dict[str, Any], tmp_path
         if confirmed and on_swift != "new":
             problems.append(f"close/flush/fsync returned 0 but the object is {on_swift}")
 
-        # Where are the acknowledged new bytes now?
+        # Where are the acknowledged new bytes now?  image: the file as the writer left it.
+        image = new if sealed else new[:acked] + (old[acked:] if point.mode == "inplace" else b"")
         kept = r.recovered()
-        kept_prefix = max((common_prefix(f.read_bytes(), new) for f in kept), default=0)
+        kept_prefix = max((common_prefix(f.read_bytes(), image) for f in kept), default=0)
         lost = 0 if on_swift == "new" else max(0, acked - kept_prefix)
         if kept:
             outcome += f" recovered:{len(kept)}"
         if lost:
             problems.append(f"{lost} of {acked} acknowledged new bytes are neither on Swift nor in "
                             f"{r.cache_dir / 'recovered'} (files there: {[f.name for f in kept]})")
-        if not sealed and acked and not any(sha(f.read_bytes()) == sha(new[:acked]) for f in kept):
+        if not sealed and acked and not any(sha(f.read_bytes()) == sha(image) for f in kept):
             problems.append(f"partial data ({acked} bytes written, never closed) not kept exactly in "
                             f"recovered/{STORE}/{NAME}*")
         if sealed and on_swift != "new" and not any(sha(f.read_bytes()) == sha(new) for f in kept):
             problems.append("sealed data (close called) neither uploaded from the journal nor kept in recovered/")
         if kept:
             problems += check_reported(r.mnt, second, kept)
-        orphans = r.orphans_after_wait()
-        if orphans:
-            problems.append(f"{len(orphans)} orphaned segments in {r.container}_segments {ORPHAN_WAIT} s after "
-                            f"the remount: {orphans[:3]}")
+        problems += r.orphan_problems()
         problems += stop_cleanly(second)
         # Unmounting (which uploads what is still dirty) publishes nothing more.
         after = describe(r.stored(), old, new)
@@ -533,7 +565,7 @@ def drive(point: Point, writer: Writer, new: bytes, fault: Any) -> tuple[bool, b
         assert answer.startswith("ok "), f"{point.id}: {what} before the crash failed: {answer}"
         return int(answer.split()[1])
 
-    ok(writer.ask("open"), "open O_TRUNC")
+    ok(writer.ask(f"open {point.mode}"), f"open ({point.mode})")
     if point.kind == "write":
         at = point.at(total)
         acked = ok(writer.ask(f"write {at}"), f"write up to {at}")
@@ -544,6 +576,8 @@ def drive(point: Point, writer: Writer, new: bytes, fault: Any) -> tuple[bool, b
         assert fault is not None
         rule = fault.proxy.add_rule(method="PUT", path=r"_segments/", action="delay", delay=SLOW_PUT, times=None)
     acked = ok(writer.ask(f"write {total}"), "write everything")
+    if point.mode == "inplace":
+        ok(writer.ask(f"truncate {total}"), "ftruncate to the new length")
     if point.kind == "flush":
         ok(writer.ask("dup"), "dup")
         answer = writer.ask("closedup")
@@ -589,9 +623,9 @@ def describe(data: bytes | None, old: bytes, new: bytes) -> str:
     return f"mixed({len(data)})"
 
 
-def common_prefix(data: bytes, new: bytes) -> int:
-    """How many leading bytes of new the file holds exactly (0 if it holds anything else)."""
-    if len(data) <= len(new) and new[:len(data)] == data:
+def common_prefix(data: bytes, image: bytes) -> int:
+    """How many leading bytes of image the file holds exactly (0 if it holds anything else)."""
+    if len(data) <= len(image) and image[:len(data)] == data:
         return len(data)
     return 0
 
@@ -663,9 +697,7 @@ def test_sealed_data_not_uploaded_over_an_object_changed_meanwhile(
         if kept:
             outcome += f" recovered:{len(kept)}"
             problems += check_reported(r.mnt, second, kept)
-        orphans = r.orphans_after_wait()
-        if orphans:
-            problems.append(f"{len(orphans)} orphaned segments {ORPHAN_WAIT} s after the remount: {orphans[:3]}")
+        problems += r.orphan_problems()
         problems += stop_cleanly(second)
         if r.stored() != third:
             problems.append("after the new daemon's unmount the object is no longer the replacement")
@@ -689,7 +721,7 @@ def test_partial_data_of_two_crashes_both_kept(swift_env: dict[str, Any], tmp_pa
         put_old(r, old)
         for content, at in parts:
             writer = r.writer(content)
-            assert writer.ask("open").startswith("ok "), "open O_TRUNC before the crash failed"
+            assert writer.ask("open trunc").startswith("ok "), "open O_TRUNC before the crash failed"
             assert writer.ask(f"write {at}") == f"ok {at}", "write before the crash failed"
             time.sleep(0.5)
             r.kill(mounted)
@@ -708,9 +740,7 @@ def test_partial_data_of_two_crashes_both_kept(swift_env: dict[str, Any], tmp_pa
                             f"{[f.name for f in kept]}")
         if kept:
             problems += check_reported(r.mnt, mounted, kept)
-        orphans = r.orphans_after_wait()
-        if orphans:
-            problems.append(f"{len(orphans)} orphaned segments {ORPHAN_WAIT} s after the remount: {orphans[:3]}")
+        problems += r.orphan_problems()
         problems += stop_cleanly(mounted)
         if r.stored() != old:
             problems.append("after the last unmount the partial data was published")
