@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -85,6 +86,15 @@ def sha(data: bytes) -> str:
 
 def part_files(directory: Path) -> list[str]:
     return [n for n in os.listdir(directory) if ".part-" in n]
+
+
+def no_part_files_after(directory: Path, seconds: float = 30.0) -> list[str]:
+    """The part files still there after a download outlived its readers (it goes on to fill the
+    cache, then is adopted or removed): [] once they all settled."""
+    deadline = time.monotonic() + seconds
+    while (left := part_files(directory)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 async def settled(download: Download, timeout: float = 60.0) -> State:
@@ -392,7 +402,7 @@ def test_mount_tiny_tmpfs_workbench(swift_env: dict[str, Any], container: str, t
                     assert result.returncode == 0, result.stderr
                     assert result.stdout.split()[0] == sha(data)
                     assert os.stat(public / name).st_size == len(data)
-            assert part_files(wb / "cache") == []
+            assert no_part_files_after(wb / "cache") == []
             mounted.check_log()
     finally:
         drop_container(swift_env, container + "-queue")
@@ -424,7 +434,7 @@ def test_mount_parallel_downloads_fill_the_workbench(swift_env: dict[str, Any], 
                     assert proc.returncode == 0, err
                     assert out.split()[0] == sha(objects[name])
                     assert os.stat(public / name).st_size == len(objects[name])
-            assert part_files(wb / "cache") == []
+            assert no_part_files_after(wb / "cache") == []
             mounted.check_log()
     finally:
         drop_container(swift_env, container + "-queue")

@@ -279,7 +279,9 @@ class Download:
             self.part, self.fd = part, fd
         elif new is State.DEGRADED or new is State.CLOSED:
             self._drop_part(unlink=old is not State.ADOPTED)
-        if new is State.DEGRADED and old is not State.NEW:
+        if new is State.DEGRADED and old is State.NEW:
+            log.info("%s: no local copy (%s); reading it by ranged GETs", "/".join(self.node.path), reason)
+        elif new is State.DEGRADED:
             log.warning("download of %s: no local copy (%s); reading it by ranged GETs",
                         "/".join(self.node.path), reason)
         elif new is State.FAILED:
@@ -334,6 +336,16 @@ def _joinable(node: Node, entry: Entry) -> Download | None:
     return download
 
 
+def _open_copy(path: str | None) -> int | None:
+    """A read descriptor of a cached copy, or None if there is none (or it was just evicted)."""
+    if path is None:
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+
+
 def _reader_etag(source: Any) -> str | None:
     """The ETag of the GET behind a store's reader, if it tells (Swift's does)."""
     raw = getattr(source, "raw", source)
@@ -373,9 +385,8 @@ class ReadsMixin:
         node.fetched = time.monotonic()
         node.keep_cache_etag = entry.etag
         etag = entry.etag or ""
-        cached = self.cache.lookup(store.storage, node.path, etag, entry.size)
-        if cached is not None:
-            fd = os.open(cached, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_copy(self.cache.lookup(store.storage, node.path, etag, entry.size))
+        if fd is not None:
             return self._new_handle(node, fd, False, True, keep_cache=keep)
         download = _joinable(node, entry)
         if download is None:
@@ -399,13 +410,17 @@ class ReadsMixin:
         assert store is not None and self.cache is not None
         if not self.cache.fits(entry.size):
             return None
-        try:
-            path = await store.call(functools.partial(self.cache.localize, store.storage, node.path,
-                                                      entry.etag or "", size=entry.size))
-        except NoCacheSpace as exc:
-            log.info("%s not cached (%s); reading it by ranged GETs", "/".join(node.path), exc)
-            return None
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        for _attempt in range(2):  # evicted between localize and open (another download made room)
+            try:
+                path = await store.call(functools.partial(self.cache.localize, store.storage, node.path,
+                                                          entry.etag or "", size=entry.size))
+            except NoCacheSpace as exc:
+                log.info("%s not cached (%s); reading it by ranged GETs", "/".join(node.path), exc)
+                return None
+            fd = _open_copy(path)
+            if fd is not None:
+                return fd
+        return None
 
     async def _start_download(self, node: Node, entry: Entry) -> Download:
         """A Download of a big object: FETCHING into a part file, or DEGRADED if none can be kept."""
