@@ -26,7 +26,7 @@ import requests
 import swiftclient.client
 from swiftclient.client import ClientException
 
-from goblinfs.storage import ExactPath, StorageConfigError, StorageUnavailable
+from goblinfs.storage import ExactPath, StorageConfigError, StorageUnavailable, new_upload_id
 from goblinfs.storage import NotImplementedError as StorageNotImplementedError
 from goblinfs.storage.cloudfiles import (
     AuthenticationFailed,
@@ -799,3 +799,261 @@ def test_stream_to_slo_and_its_errors(store: CloudFileStorage, raw: swiftclient.
     assert [item["bytes"] for item in manifest] == [1048576, 1048576, 1048576, 777]
     with pytest.raises(FileNotFoundError):
         store._put_chunked("no-such-container-here", "x", iter([memoryview(b"abc")]))
+
+
+# ---------------------------------------------------------------- Dynamic Large Objects
+
+
+def make_dlo(raw: Any, container: str, name: str, parts: list[bytes], prefix: str | None = None) -> str:
+    """A DLO as ``swift upload --use-dlo`` makes it: segments under a prefix of
+    ``<container>_segments``, then a zero-byte manifest with X-Object-Manifest."""
+    segments = container + "_segments"
+    raw.put_container(segments)
+    prefix = prefix or f"{name}/1764201001.000000/{sum(map(len, parts))}/1048576/"
+    for index, part in enumerate(parts):
+        raw.put_object(segments, f"{prefix}{index:08d}", part)
+    raw.put_object(container, name, b"", headers={"X-Object-Manifest": f"{segments}/{prefix}"})
+    return prefix
+
+
+def test_dlo_size_in_listings_stat_and_reads(store: CloudFileStorage, raw: Any,
+                                              requests_log: list[tuple[str, str]]) -> None:
+    parts = [os.urandom(MiB), os.urandom(MiB), os.urandom(1000)]
+    data = b"".join(parts)
+    make_dlo(raw, store.container, "v/dlo.bin", parts)
+    raw.put_object(store.container, "v/empty.txt", b"")
+    raw.put_object(store.container, "v/plain.txt", b"plain")
+    store.make_dir(["v", "sub"])
+    assert {item["name"]: item["bytes"] for item in raw.get_container(store.container, prefix="v/")[1]}[
+        "v/dlo.bin"] == 0  # what a listing shows
+
+    del requests_log[:]
+    entries = {e.name: e for e in store.list_dir(["v"])}
+    assert entries["dlo.bin"].size == len(data) and not entries["dlo.bin"].is_dir
+    assert entries["empty.txt"].size == 0 and entries["plain.txt"].size == 5 and entries["sub"].is_dir
+    heads = sorted(path.rsplit("/", 1)[-1] for method, path in requests_log if method == "HEAD")
+    assert heads == ["dlo.bin", "empty.txt"]  # only the zero-byte files, not the others
+    assert store.stat(["v", "dlo.bin"]).size == len(data)
+    assert store.stat_file(["v", "dlo.bin"]).size == len(data)
+    assert store.get_file_size(["v", "dlo.bin"]) == len(data)
+    assert entries["dlo.bin"].etag == store.stat(["v", "dlo.bin"]).etag
+
+    with store.get_file(["v", "dlo.bin"], "rb") as f:
+        assert f.read() == data
+        f.seek(MiB - 10)
+        assert f.read(20) == data[MiB - 10:MiB + 10]
+    assert store.read_range(["v", "dlo.bin"], 2 * MiB - 3, 100) == data[2 * MiB - 3:2 * MiB + 97]
+
+
+def test_dlo_move_copies_the_manifest_and_delete_removes_its_segments(store: CloudFileStorage, raw: Any) -> None:
+    parts = [os.urandom(300000), os.urandom(200000)]
+    prefix = make_dlo(raw, store.container, "d.bin", parts)
+    raw.put_object(store.container + "_segments", "other/keep", b"not a segment of d.bin")
+    store.move(["d.bin"], ["moved", "d.bin"])
+    head = raw.head_object(store.container, "moved/d.bin")
+    assert head["x-object-manifest"] == f"{store.container}_segments/{prefix}"
+    assert int(head["content-length"]) == 500000
+    with pytest.raises(ClientException):
+        raw.head_object(store.container, "d.bin")
+    assert len(segment_names(raw, store.container)) == 3  # the segments were not copied or deleted
+    assert store.read_range(["moved", "d.bin"], 299990, 20) == b"".join(parts)[299990:300010]
+
+    store.delete_file(["moved", "d.bin"])
+    assert segment_names(raw, store.container) == ["other/keep"]
+    assert raw.get_container(store.container)[1] == []
+
+
+def test_dlo_segments_go_with_a_recursive_delete_and_a_replacement(store: CloudFileStorage, raw: Any,
+                                                                    tmp_path: Any) -> None:
+    make_dlo(raw, store.container, "r/a.bin", [b"a" * 1000, b"b" * 1000])
+    assert store.delete_dir(["r"], recursive=True) is True
+    assert segment_names(raw, store.container) == []
+    make_dlo(raw, store.container, "b.bin", [b"c" * 1000])
+    src = str(tmp_path / "small.bin")
+    write_local(src, 100, seed=11)
+    store.store_local_file(src, ["b.bin"])
+    assert segment_names(raw, store.container) == []
+    assert raw.get_object(store.container, "b.bin")[1] == read_bytes(src)
+
+
+# ---------------------------------------------------------------------------- rmdir
+
+
+def test_rmdir_never_deletes_data(store: CloudFileStorage, raw: Any) -> None:
+    raw.put_object(store.container, "data/", b"a file's bytes", content_type="application/octet-stream")
+    raw.put_object(store.container, "typed/", b"", content_type="text/plain")
+    raw.put_object(store.container, "heavy/", b"bytes", content_type="application/directory")
+    raw.put_object(store.container, "svfs", b"bytes", content_type="application/directory")
+    for name in ("data", "typed", "heavy", "svfs"):
+        with pytest.raises(NotADirectoryError) as refused:
+            store.delete_dir([name])
+        assert refused.value.errno == errno.ENOTDIR
+    assert {item["name"] for item in raw.get_container(store.container)[1]} == {"data/", "typed/", "heavy/", "svfs"}
+    assert raw.get_object(store.container, "data/")[1] == b"a file's bytes"
+    store.make_dir(["real"])
+    assert store.delete_dir(["real"]) is True
+    with store.get_file(["plain.txt"], "wb") as f:
+        f.write(b"x")
+    assert store.delete_dir(["plain.txt"]) is False  # the contract: a file is no directory (False)
+    assert raw.get_object(store.container, "plain.txt")[1] == b"x"
+
+
+# ------------------------------------------------------------- segments collected
+
+
+def test_upload_ids_chosen_by_the_caller_and_discard_upload(store: CloudFileStorage, raw: Any,
+                                                            tmp_path: Any) -> None:
+    upload_id = new_upload_id()
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{16}", upload_id)
+    assert upload_id[:8] == time.strftime("%Y%m%d", time.gmtime())
+    stream = store.start_upload(["u.bin"], upload_id=upload_id)
+    assert stream is not None and stream.upload_id == upload_id
+    stream.put(os.urandom(2 * MiB + 5))
+    stream._wait()  # everything sent, no manifest: what a crash before close leaves
+    left = segment_names(raw, store.container)
+    assert len(left) == 3 and all(f"/{upload_id}/" in name for name in left)
+    other = str(tmp_path / "o.bin")
+    write_local(other, 2 * MiB, seed=12)
+    store.store_local_file(other, ["o.bin"])  # another upload's segments are not touched
+    assert store.discard_upload(["u.bin"], upload_id) == 3
+    assert store.discard_upload(["u.bin"], upload_id) == 0  # idempotent
+    assert not any(f"/{upload_id}/" in name for name in segment_names(raw, store.container))
+    assert len(segment_names(raw, store.container)) == 2
+
+    finished = new_upload_id()
+    store.store_local_file(other, ["f.bin"], upload_id=finished)
+    assert sum(f"f.bin/{finished}/" in name for name in segment_names(raw, store.container)) == 2
+    assert store.discard_upload(["f.bin"], finished) == 0  # a finished upload is never undone
+    with store.get_file(["f.bin"], "rb") as f:
+        assert f.read() == read_bytes(other)
+
+
+def test_collect_garbage_deletes_only_old_unreferenced_segments(store: CloudFileStorage, raw: Any,
+                                                                 tmp_path: Any) -> None:
+    src = str(tmp_path / "s.bin")
+    write_local(src, 2 * MiB + 1, seed=13)
+    store.store_local_file(src, ["slo.bin"])
+    make_dlo(raw, store.container, "dlo.bin", [b"d" * 100, b"e" * 100])
+    segs = store.container + "_segments"
+    orphans = ["gone.bin/20200101T000000Z-0123456789abcdef/00000000",
+               "gone.bin/20200101T000000Z-0123456789abcdef/00000001", "stray-object"]
+    for orphan in orphans:
+        raw.put_object(segs, orphan, b"orphan")
+    before = set(segment_names(raw, store.container))
+    assert store.collect_garbage() == []  # all younger than a day
+    assert store.collect_garbage(grace_seconds=3600) == []
+    assert sorted(store.collect_garbage(grace_seconds=0, dry_run=True)) == sorted(orphans)
+    assert set(segment_names(raw, store.container)) == before  # a dry run deletes nothing
+    assert sorted(store.collect_garbage(grace_seconds=0)) == sorted(orphans)
+    assert set(segment_names(raw, store.container)) == before - set(orphans)
+    with store.get_file(["slo.bin"], "rb") as f:
+        assert f.read() == read_bytes(src)
+    assert raw.get_object(store.container, "dlo.bin")[1] == b"d" * 100 + b"e" * 100
+    assert store.collect_garbage(grace_seconds=0) == []
+
+
+def test_an_upload_in_progress_keeps_its_old_segments_from_collection(store: CloudFileStorage, raw: Any) -> None:
+    """A segment of an upload is as old as the upload's newest segment."""
+    segs = store.container + "_segments"
+    raw.put_container(segs)
+    raw.put_object(segs, "live.bin/20200101T000000Z-00000000000000aa/00000000", b"first")
+    time.sleep(1.1)
+    raw.put_object(segs, "live.bin/20200101T000000Z-00000000000000aa/00000001", b"second, just sent")
+    assert store.collect_garbage(grace_seconds=1.0) == []
+    assert len(segment_names(raw, store.container)) == 2
+
+
+def test_concurrent_replacements_leave_only_the_winners_segments(store: CloudFileStorage, raw: Any, tmp_path: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Writer B sends its segments while writer A replaces the old SLO: B's PUT replaces A's
+    object, so A's segments must go (they leaked when B read the old manifest at its start)."""
+    from goblinfs.storage.swift.largeobjects import SegmentUploader
+
+    old, a_src, b_src = (str(tmp_path / n) for n in ("old.bin", "a.bin", "b.bin"))
+    write_local(old, 2 * MiB, seed=14)
+    write_local(a_src, 2 * MiB + 7, seed=15)
+    write_local(b_src, 3 * MiB, seed=16)
+    store.store_local_file(old, ["race.bin"])
+    a_done = threading.Event()
+    original = SegmentUploader.results
+
+    def results(self: Any) -> Any:
+        got = original(self)
+        if threading.current_thread().name == "writer-b":
+            assert a_done.wait(60)
+        return got
+
+    monkeypatch.setattr(SegmentUploader, "results", results)
+    errors: list[BaseException] = []
+
+    def writer_b() -> None:
+        try:
+            store.store_local_file(b_src, ["race.bin"])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer_b, name="writer-b")
+    thread.start()
+    store.store_local_file(a_src, ["race.bin"])
+    a_done.set()
+    thread.join(60)
+    assert not errors
+    with store.get_file(["race.bin"], "rb") as f:
+        assert f.read() == read_bytes(b_src)
+    manifest = json.loads(raw.get_object(store.container, "race.bin", query_string="multipart-manifest=get")[1])
+    in_use = {item["name"].split("/", 2)[2] for item in manifest}
+    assert set(segment_names(raw, store.container)) == in_use and len(in_use) == 3
+    assert "not JSON" not in caplog.text
+
+
+def test_a_manifest_replaced_by_a_plain_object_is_never_parsed(store: CloudFileStorage, raw: Any, tmp_path: Any,
+                                                               swift_env: dict[str, Any],
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """HEAD says SLO, but before the manifest GET another writer stored a plain object whose
+    bytes look like a manifest: they are not taken as segments to delete."""
+    segs = store.container + "_segments"
+    big, decoy = str(tmp_path / "big.bin"), str(tmp_path / "decoy.json")
+    write_local(big, 2 * MiB, seed=17)
+    store.store_local_file(big, ["x.json"])
+    raw.put_object(segs, "victim", b"someone else's segment")
+    with open(decoy, "w") as f:
+        json.dump([{"name": f"/{segs}/victim", "hash": "0" * 32, "bytes": 22}], f)
+    original = CloudFileStorage._slo_segments
+    replaced = threading.Event()
+
+    def slo_segments(self: Any, name: str) -> Any:
+        if threading.current_thread().name == "writer-b" and not replaced.is_set():
+            replaced.set()
+            other = make_cloud_storage(swift_env, store.container)
+            try:
+                other.store_local_file(decoy, ["x.json"])  # the plain object lands now
+            finally:
+                other.close()
+        return original(self, name)
+
+    monkeypatch.setattr(CloudFileStorage, "_slo_segments", slo_segments)
+    thread = threading.Thread(target=lambda: store.store_local_file(big, ["x.json"]), name="writer-b")
+    thread.start()
+    thread.join(60)
+    assert replaced.is_set()
+    assert raw.get_object(segs, "victim")[1] == b"someone else's segment"
+    assert "not JSON" not in caplog.text
+
+
+def test_failed_and_aborted_uploads_delete_their_segments(store: CloudFileStorage, raw: Any) -> None:
+    stream = store.start_upload(["ab.bin"])
+    assert stream is not None
+    stream.put(os.urandom(3 * MiB))
+    deadline = time.monotonic() + 30
+    while len(segment_names(raw, store.container)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert segment_names(raw, store.container)  # some were sent
+    stream.abort()
+    deadline = time.monotonic() + 30
+    while segment_names(raw, store.container) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert segment_names(raw, store.container) == []
+    with pytest.raises(FileNotFoundError):
+        store.stat(["ab.bin"])

@@ -317,3 +317,18 @@ def test_stream_cut_by_a_persistent_503_leaves_no_segment(store: CloudFileStorag
     assert raw.get_object(store.container, "cut.bin")[1] == b"previous"
     assert wait_for(lambda: segments(raw, store.container) == [])
     assert any(method == "DELETE" for method, _, _ in faults.proxy.requests)
+
+
+def test_dropped_get_of_a_dlo_resumes(store: CloudFileStorage, faults: FaultSwift, raw: Any) -> None:
+    """A DLO (X-Object-Manifest) read is resumed like any object (ranged GET with If-Match)."""
+    segs = store.container + "_segments"
+    raw.put_container(segs)
+    parts = [os.urandom(MiB), os.urandom(MiB), os.urandom(99)]
+    for index, part in enumerate(parts):
+        raw.put_object(segs, f"dlo/{index:08d}", part)
+    raw.put_object(store.container, "dlo.bin", b"", headers={"X-Object-Manifest": f"{segs}/dlo/"})
+    rule = faults.proxy.add_rule(method="GET", path=r"/dlo\.bin$", action="truncate", after_bytes=MiB + 100)
+    with store.get_file(["dlo.bin"], "rb") as f:
+        assert f.read() == b"".join(parts)
+    assert rule.hits == 1
+    assert [e.size for e in store.list_dir([]) if e.name == "dlo.bin"] == [2 * MiB + 99]
