@@ -263,13 +263,13 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         node = await self._lookup(parent, self._decode(name))
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory")
-        staged = node.remote is not None
-        await self._unlink_remote(node)
-        try:
-            await store.call(store.storage.delete_file, node.path)
-        except FileNotFoundError:
-            if not staged:  # written here and never stored: nothing to delete
-                raise
+        async with node.lock:  # no publication between the delete and the detach
+            try:
+                await store.call(store.storage.delete_file, node.path)
+            except FileNotFoundError:
+                if node.remote is None:  # else: written here and never stored, nothing to delete
+                    raise
+            await self._detach_locked(node)
         if self.cache is not None and not store.local:
             self.cache.invalidate(store.storage, node.path)
         self._note_child(parent, node.path[-1], None)
@@ -318,6 +318,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
                             etag=node.entry.etag, content_type=node.entry.content_type)
         self._note_child(new_parent, target, moved_entry)
         if replaced is not None and replaced is not node:
+            await self._unlink_remote(replaced)  # its writers must never publish over the new file
             self._drop_path(replaced)
             replaced.unlinked = True
         self._repath(node, store, old_path, new_path)

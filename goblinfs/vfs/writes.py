@@ -355,6 +355,21 @@ class WritesMixin:
         rf.readers.add(handle)
         return handle
 
+    def _attach_reader(self, handle: Handle, rf: RemoteFile) -> None:
+        """Make a read-only handle read through rf (its own dup of the staging descriptor)."""
+        if handle.remote is not None:
+            handle.remote.readers.discard(handle)
+        if handle.owns_fd and handle.fd is not None:
+            os.close(handle.fd)
+        handle.fd = os.dup(rf.fd)
+        handle.owns_fd = True
+        download, handle.download = handle.download, None
+        if download is not None:
+            download.readers -= 1
+            self._end_download(download)  # type: ignore[attr-defined]
+        handle.remote = rf
+        rf.readers.add(handle)
+
     # ------------------------------------------------------------------ making the staging file whole
 
     async def _settle(self, rf: RemoteFile) -> None:
@@ -402,9 +417,14 @@ class WritesMixin:
     async def _staged_read(self, handle: Handle, offset: int, size: int) -> bytes | memoryview | None:
         """A read of a handle on a file being written here (read-your-writes), or None: not staged."""
         rf = handle.remote
+        node = handle.node
+        active = node.remote
+        if (active is not None and active is not rf and not handle.writable
+                and active.state not in (S.ENDED, S.DETACHED)):
+            self._attach_reader(handle, active)  # opened before this writing began: one content per file
+            rf = active
         if rf is None:
             return None
-        node = handle.node
         if node.remote is not rf:
             # Writing ended: a reader's own descriptor holds what was published.
             if rf.state is not S.ENDED or rf.error is not None or handle.fd is None:
@@ -499,7 +519,7 @@ class WritesMixin:
         assert store is not None
         async with node.lock:
             rf = node.remote
-            if rf is None or rf.state in (S.ENDED, S.DETACHED):
+            if rf is None or rf.state is S.ENDED:
                 if size == 0:
                     rf = self._new_remote(node, S.TRUNCATED, node.entry.etag, False, None)
                 else:
@@ -686,6 +706,11 @@ class WritesMixin:
         node = rf.node
         store = node.store
         assert store is not None
+        if rf.state is S.CLEAN:
+            # Readers opened before writing began read what was published from now on.
+            for other in list(self.handles.values()):
+                if other.node is node and not other.writable and other.remote is not rf:
+                    self._attach_reader(other, rf)
         if rf.state is S.STALE and rf.readers:
             # Readers still read through their descriptors: give them the whole file.
             try:
@@ -712,17 +737,22 @@ class WritesMixin:
 
     async def _unlink_remote(self, node: Node) -> None:
         """The name is going: nothing of a file being written is published any more."""
+        if node.remote is None:
+            return
+        async with node.lock:
+            await self._detach_locked(node)
+
+    async def _detach_locked(self, node: Node) -> None:
+        """(lock held) The name is gone: the file being written goes on locally, unpublished."""
         rf = node.remote
         if rf is None:
             return
-        async with node.lock:
-            if node.remote is rf:
-                self._abort_upload(rf)
-                self._fire(rf, "unlink")
-                if self.journal is not None:
-                    self.journal.remove(rf.journal_id)
-                if node.writers <= 0 and not rf.readers:
-                    await self._end(rf)
+        self._abort_upload(rf)
+        self._fire(rf, "unlink")
+        if self.journal is not None:
+            self.journal.remove(rf.journal_id)
+        if node.writers <= 0 and not rf.readers:
+            await self._end(rf)
 
     def _set_pending_mtime(self, node: Node, mtime_ns: int) -> bool:
         """utimens on a file with unpublished content: sent with the data.  False: published."""
