@@ -1057,3 +1057,16 @@ def test_failed_and_aborted_uploads_delete_their_segments(store: CloudFileStorag
     assert segment_names(raw, store.container) == []
     with pytest.raises(FileNotFoundError):
         store.stat(["ab.bin"])
+
+
+def test_read_range_with_an_etag_never_mixes_versions(store: CloudFileStorage, raw: Any) -> None:
+    raw.put_object(store.container, "e.bin", b"0123456789")
+    etag = store.stat(["e.bin"]).etag
+    assert etag is not None
+    assert store.read_range(["e.bin"], 2, 3, etag=etag) == b"234"
+    assert store.read_range(["e.bin"], 20, 3, etag=etag) == b""
+    raw.put_object(store.container, "e.bin", b"abcdefghij")
+    with pytest.raises(OSError) as stale:
+        store.read_range(["e.bin"], 2, 3, etag=etag)
+    assert stale.value.errno == errno.ESTALE
+    assert store.read_range(["e.bin"], 2, 3) == b"cde"

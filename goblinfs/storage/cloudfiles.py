@@ -26,10 +26,22 @@ How the store is laid out in the container:
   read or deleted by its name.  Directory entries from ``list_dir`` have mtime 0 (a
   listing rolls the marker into its ``subdir`` entry); ``stat`` reads the marker's mtime.
 * **Large objects** (bigger than ``segment_size``, or than the cluster's max_file_size) are
-  Static Large Objects: segments ``<object>/<upload uuid>/<index:08d>`` in the container
-  ``<container>_segments``, then the manifest.  Replacing or deleting an SLO deletes its
-  segments; moving one copies only the manifest.  The Entry etag of an SLO is the one HEAD
-  reports (the SLO etag, MD5 of the segments' etags), which listings give as ``slo_etag``.
+  Static Large Objects: segments ``<object>/<upload id>/<index:08d>`` in the container
+  ``<container>_segments`` (the upload id from :func:`~goblinfs.storage.new_upload_id`, or
+  the caller's, starts with the UTC time), then the manifest.  Replacing or deleting an SLO
+  deletes its segments (what a replacement replaces is read just before the PUT that
+  replaces it, and only from a response that is an SLO manifest); moving one copies only the
+  manifest.  The Entry etag of an SLO is the one HEAD reports (the SLO etag, MD5 of the
+  segments' etags), which listings give as ``slo_etag``.  ``discard_upload`` deletes the
+  segments of an upload that never finished; ``collect_garbage`` those no manifest
+  references, past a grace period.
+* **Dynamic Large Objects** written by other tools (``swift upload --use-dlo``: a zero-byte
+  manifest with ``X-Object-Manifest: container/prefix``): listings show them as 0 bytes, so
+  ``list_dir`` HEADs the zero-byte files of a listing (in parallel, only those) for their
+  real size; reads go through Swift's DLO GET; deleting or replacing one deletes every
+  object under its prefix (as the swift CLI does); moving one copies the manifest.
+* **Retries and timeouts**: see :mod:`goblinfs.storage.swift.session` (per attempt
+  ``timeout`` 10 s, per request ``retry_deadline`` 25 s, jittered back-off).
 * Written data is spooled to a temporary file in ``staging_dir`` and uploaded on
   ``close()``; reads stream (ranged GETs on seek).  Nothing is held whole in memory.
 
@@ -306,9 +318,18 @@ class CloudFileStorage(StorageInterface):
             self._segments_ready = True
 
     def _fetch_capabilities(self) -> dict[str, Any]:
-        conn = self._conn()
+        conn = self.session.conn()
+
+        def fetch(timeout: float) -> Any:
+            conn.set_timeout(timeout)
+            try:
+                return conn.get_capabilities()
+            except Exception:
+                conn.close()
+                raise
+
         try:
-            caps = conn.get_capabilities()
+            caps = self.session.retrying(fetch, what="GET /info")
         except (ClientException, RequestException, ValueError) as exc:
             log.warning("Swift at %s gives no /info (%s); assuming Swift's default limits", self._where(conn), exc)
             return {}
@@ -1006,19 +1027,25 @@ class CloudFileStorage(StorageInterface):
         name = self._file_name(filepath)
         return self._entry_from_headers(name.rsplit("/", 1)[-1], self._file_headers(name))
 
-    def read_range(self, filepath: Sequence[str], offset: int, length: int) -> bytes:
-        """Up to length bytes from offset with one ranged GET (SLOs too); b'' at or after the end."""
+    def read_range(self, filepath: Sequence[str], offset: int, length: int, *, etag: str | None = None) -> bytes:
+        """Up to length bytes from offset with one ranged GET (SLOs and DLOs too); b'' at or
+        after the end.  *etag*: only from that version of the object (``If-Match``), else
+        OSError(ESTALE) — bytes of two versions are never mixed."""
         if offset < 0 or length < 0:
             raise OSError(errno.EINVAL, "negative offset or length")
         name = self._file_name(filepath)
         if length == 0:
             return b""
+        request = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        if etag:
+            request["If-Match"] = f'"{etag.strip(chr(34))}"'
         try:
-            headers, body = self._call("get_object", self.container, name,
-                                       headers={"Range": f"bytes={offset}-{offset + length - 1}"},
-                                       name=name, passthrough=(416,))
-        except ClientException:  # 416: offset at or past the end
-            return b""
+            headers, body = self._call("get_object", self.container, name, headers=request, name=name,
+                                       passthrough=(412, 416))
+        except ClientException as exc:
+            if exc.http_status == 412:
+                raise OSError(errno.ESTALE, f"{name} changed (its ETag is no longer {etag})", name) from None
+            return b""  # 416: offset at or past the end
         except FileNotFoundError:
             raise self._not_found(name) from None
         if "content-range" not in headers:

@@ -213,8 +213,12 @@ class SegmentStream(_Segments, Upload):
 
     ``offer``/``put`` queue the appended bytes (a window of ``window`` chunks, so memory
     stays bounded and a fast writer waits for the network); one thread sends them as
-    chunked PUTs of at most segment_size each.  ``finish`` writes the manifest.  Nothing is
-    visible before that; a failed or abandoned stream's segments are deleted.
+    chunked PUTs of segments (``segment_size_at``: at most 32 MiB at first).  Each segment's
+    bytes are kept until Swift acknowledged its PUT, so a failed PUT (5xx, dropped
+    connection, expired token) is sent again within the retry deadline: memory is the
+    window plus at most two segments (one waiting for its answer, one being sent).
+    ``finish`` writes the manifest.  Nothing is visible before that; a failed or abandoned
+    stream's segments are deleted (every segment it started, in the background).
     """
 
     def __init__(self, store: CloudFileStorage, name: str, segment_size: int, window: int = 16,
@@ -308,6 +312,10 @@ class SegmentStream(_Segments, Upload):
                 self._submitted = len(futures)
                 sent_all.wait()
                 if future.done() and future.exception() is not None:
+                    break
+                # At most two segments in flight (each kept in memory until acknowledged): wait
+                # for the previous one's answer before the next one is cut.
+                if len(futures) >= 2 and futures[-2].exception() is not None:
                     break
                 index += 1
             self.segments = [future.result() for future in futures]
