@@ -4,7 +4,9 @@ Reads are right or fail: a read returns the object's bytes or an error, never fe
 success.  A remote object is read from a cached copy (``ReadCache``, revalidated by ETag and
 size at every open), from a ``Download`` filling a part file in the cache's directory while
 readers read it, or, when no local copy can be kept (cache too small, disk full), by ranged
-GETs (``RangeReader``: 1 MiB blocks, each checked for its length, retried, else EIO).
+GETs (``RangeReader``: 1 MiB blocks, each checked for its length, retried, else EIO).  The
+ETag is checked at every open (one HEAD), against the download's GET, and, when the store's
+``read_range`` takes ``etag=``, by every ranged GET (If-Match).
 
 Download lifecycle
 ------------------
