@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..storage import Entry, ExactPath, Upload
+from ..storage import Entry, ExactPath, Upload, new_upload_id
 from .journal import Journal, list_recovered, recovered_path
 from .nodes import Handle, Node, StoreMount, _with
 
@@ -137,6 +137,9 @@ class RemoteFile:
     upload: Upload | None = None
     #: Bytes appended so far while ``upload`` is set.
     upload_end: int = 0
+    #: Id of the segments of the upload in flight (stream or publication), journaled so that a
+    #: crash leaves nothing the next mount cannot find.
+    upload_id: str | None = None
     #: mtime set while unpublished (utimens before close): sent with the data.
     pending_mtime: int | None = None
     #: The error every write/flush/fsync reports once FAILED.
@@ -246,8 +249,8 @@ class WritesMixin:
         upload = rf.upload
         record = {"store": store.name, "path": list(rf.node.path), "staging": rf.staging, "state": rf.state.value,
                   "base_etag": rf.base_etag, "absent": rf.absent, "mtime_ns": rf.pending_mtime,
-                  "upload_id": getattr(upload, "upload_id", None) if upload is not None else None,
-                  "streamed": upload is not None and upload.started, "time": time.time()}
+                  "upload_id": rf.upload_id, "streamed": upload is not None and upload.started,
+                  "time": time.time()}
         try:
             journal.write(rf.journal_id, record)
         except OSError as exc:
@@ -293,8 +296,11 @@ class WritesMixin:
         store = rf.node.store
         if store is None:
             return
+        upload_id = new_upload_id()
         try:
-            rf.upload = store.storage.start_upload(rf.node.path)
+            rf.upload = store.storage.start_upload(rf.node.path, upload_id=upload_id)
+            if rf.upload is not None:
+                rf.upload_id = upload_id
         except Exception as exc:  # uploading at close still works
             log.debug("no streaming upload of %s: %s", "/".join(rf.node.path), exc)
 
@@ -573,6 +579,8 @@ class WritesMixin:
         mtime = rf.pending_mtime if rf.pending_mtime is not None else node.entry.mtime_ns
         storage = store.storage
         upload = rf.upload if rf.upload is not None and rf.upload.started else None
+        if upload is None:
+            rf.upload_id = new_upload_id()  # the segments store_local_file may write
         self._fire(rf, "publish")
         try:
             if upload is not None:
@@ -589,15 +597,16 @@ class WritesMixin:
                 # Not streaming (yet): the staging file holds it all; a stream not started stays,
                 # so later appends may still stream.
                 try:
+                    store_file = functools.partial(storage.store_local_file, rf.staging, node.path, mtime,
+                                                   upload_id=rf.upload_id)
                     if rf.absent:
                         try:
-                            entry = await store.call(functools.partial(
-                                storage.store_local_file, rf.staging, node.path, mtime, new=True))
+                            entry = await store.call(functools.partial(store_file, new=True))
                         except FileExistsError:
                             # Someone else created it meanwhile: replace it, as a later writer does.
-                            entry = await store.call(storage.store_local_file, rf.staging, node.path, mtime)
+                            entry = await store.call(store_file)
                     else:
-                        entry = await store.call(storage.store_local_file, rf.staging, node.path, mtime)
+                        entry = await store.call(store_file)
                 except Exception as exc:
                     if rf.state is S.PUBLISHING:
                         self._fire(rf, "publish_failed")
@@ -867,10 +876,11 @@ class WritesMixin:
         have_data = bool(staging) and os.path.exists(staging)
         asked = state in (S.SEALED.value, S.PUBLISHING.value)
         streamed = bool(record.get("streamed"))
-        if upload_id and state != S.PUBLISHING.value and hasattr(store.storage, "discard_upload"):
-            # Segments of a stream cut short: nothing references them.
-            count = await store.call(store.storage.discard_upload, path, upload_id)
-            log.info("recovery: %s: deleted %s segments of the interrupted upload %s", where, count, upload_id)
+        if upload_id:
+            # Segments of an upload cut short (the store keeps any the object now references).
+            count = await store.call(store.storage.discard_upload, path, str(upload_id))
+            if count:
+                log.info("recovery: %s: deleted %s segments of the interrupted upload %s", where, count, upload_id)
         if not have_data:
             journal.remove(record_id)
             return
