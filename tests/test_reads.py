@@ -290,6 +290,29 @@ async def test_swift_tiny_tmpfs_reads_are_right(swift_env: dict[str, Any], conta
             assert part_files(fs / "cache") == []
 
 
+async def test_swift_ranged_reads_never_mix_versions(swift_env: dict[str, Any], container: str,
+                                                     tmp_path: Path) -> None:
+    """Read by ranged GETs (the cache is too small), the object replaced meanwhile: reads of the
+    open file fail (ESTALE), they never return bytes of the new version."""
+    storage = make_cloud_storage(swift_env, container, staging_dir=str(tmp_path))
+    old, new = os.urandom(6 * MIB), os.urandom(6 * MIB)
+    upload(storage, tmp_path, "v.bin", old)
+    async with running_vfs(storage, tmp_path, tmp_path / "cache", cache_size=MIB) as vfs:
+        node, fh = await open_file(vfs, "v.bin")
+        download = vfs.handle(fh).download
+        assert download is not None and download.state is State.DEGRADED
+        assert bytes(await vfs.read(fh, 0, READ)) == old[:READ]
+        upload(storage, tmp_path, "v.bin", new)
+        with pytest.raises(OSError) as info:
+            await vfs.read(fh, 3 * MIB, READ)
+        assert info.value.errno in (errno.ESTALE, errno.EIO)
+        assert bytes(await vfs.read(fh, READ, READ)) == old[READ:2 * READ]  # its block was fetched before
+        await vfs.release(fh)
+        node, fh = await open_file(vfs, "v.bin")  # a new open sees the new version
+        assert sha(await read_all(vfs, fh, len(new))) == sha(new)
+        await vfs.release(fh)
+
+
 def _object_get(container: str, name: str) -> str:
     return rf"/{re.escape(container)}/{re.escape(name)}(\?|$)"
 

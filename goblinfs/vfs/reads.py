@@ -208,6 +208,14 @@ class RangeReader:
             except (FileNotFoundError, IsADirectoryError) as exc:
                 problem = f"gone: {exc}"
                 break
+            except OSError as exc:
+                if exc.errno == errno.ESTALE:  # another version now: none of its bytes, ever
+                    log.warning("%s changed since it was opened: reads of this open file fail",
+                                "/".join(self.node.path))
+                    raise OSError(errno.ESTALE, f"changed since it was opened: {exc}") from None
+                problem = str(exc) or type(exc).__name__
+                log.info("ranged read of %s at %d failed: %s", "/".join(self.node.path), offset, problem)
+                continue
             except Exception as exc:
                 problem = str(exc) or type(exc).__name__
                 log.info("ranged read of %s at %d failed: %s", "/".join(self.node.path), offset, problem)
