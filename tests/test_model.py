@@ -58,6 +58,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from goblinfs.storage import StorageUnavailable
 from goblinfs.storage.filestorage import BasicFileStorage
 from goblinfs.vfs import ROOT_INO, Options, StoreMount, Vfs
 from goblinfs.workbench import ReadCache
@@ -68,6 +69,9 @@ T = TypeVar("T")
 
 NAMES = ("a.txt", "b.txt", "c.txt")
 SEGMENT_SIZE = 65536
+#: A vfs call taking longer than this is a hang (store calls give up after op_timeout, 20 s here).
+HANG_SECONDS = 45.0
+OP_TIMEOUT = 20.0
 #: Bytes written are slices of this (distinct enough that a shifted or stale slice shows).
 PATTERN = random.Random(20261201).randbytes(1 << 18)
 
@@ -373,6 +377,7 @@ class Context:
     steps: int = 0
     failures_injected: int = 0
     errors_seen: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
     rules: Counter[str] = field(default_factory=Counter)
     #: Seconds spent in vfs calls and in reading the store directly.
     vfs_time: float = 0.0
@@ -380,9 +385,9 @@ class Context:
 
 
 class OpFailed(Exception):
-    """A vfs call failed with an OSError while faults were allowed."""
+    """A vfs call failed while faults were allowed."""
 
-    def __init__(self, exc: OSError) -> None:
+    def __init__(self, exc: Exception) -> None:
         super().__init__(str(exc))
         self.exc = exc
 
@@ -432,7 +437,7 @@ class VfsMachine(RuleBasedStateMachine):
         #: Names a step may have changed in the store (checked after it; all of them every few steps).
         self.touched: set[str] = set(NAMES)
         self.dirname = f"m{uuid.uuid4().hex[:10]}"
-        options = Options(staging_dir=str(ctx.workdir / "staging"), op_timeout=30.0)
+        options = Options(staging_dir=str(ctx.workdir / "staging"), op_timeout=OP_TIMEOUT)
         os.makedirs(options.staging_dir, exist_ok=True)
         self.vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
         self.vfs.nursery = ctx.nursery
@@ -441,9 +446,19 @@ class VfsMachine(RuleBasedStateMachine):
     # -- plumbing
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run a vfs call on the trio loop; one that does not return within HANG_SECONDS fails."""
         started = time.monotonic()
+
+        async def bounded() -> T:
+            with trio.move_on_after(HANG_SECONDS) as scope:
+                return await fn(*args)
+            assert not scope.cancelled_caught, (
+                f"{getattr(fn, '__name__', fn)}{args} did not return within {HANG_SECONDS} s (op_timeout is "
+                f"{self.vfs.options.op_timeout} s): it waits for something that never comes")
+            raise AssertionError("unreachable")
+
         try:
-            return trio.from_thread.run(fn, *args, trio_token=self.ctx.token)
+            return trio.from_thread.run(bounded, trio_token=self.ctx.token)
         finally:
             self.ctx.vfs_time += time.monotonic() - started
 
@@ -470,19 +485,24 @@ class VfsMachine(RuleBasedStateMachine):
         self.broken = False
 
     def attempt(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run a vfs call; an OSError is a failure, unless faults may be pending (OpFailed)."""
+        """Run a vfs call; an error is a test failure, unless faults may be pending: then an
+        OSError or StorageUnavailable (the adapter's EIO) is an operation that failed (OpFailed)."""
         try:
             return self.call(fn, *args)
-        except OSError as exc:
+        except (OSError, StorageUnavailable) as exc:
             if self.model.faults:
                 self.ctx.errors_seen += 1
+                self.ctx.errors[type(exc).__name__ + (f"/{errno.errorcode.get(exc.errno, exc.errno)}"
+                                                      if isinstance(exc, OSError) else "")] += 1
                 raise OpFailed(exc) from exc
             raise
 
     def expect_error(self, code: int, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """The call must fail with errno code (or, while faults may be pending, EIO)."""
-        with pytest.raises(OSError) as exc:
+        with pytest.raises((OSError, StorageUnavailable) if self.model.faults else OSError) as exc:
             self.call(fn, *args)
+        if isinstance(exc.value, StorageUnavailable):
+            return
         allowed = {code, errno.EIO} if self.model.faults else {code}
         assert exc.value.errno in allowed, f"expected {errno.errorcode[code]}, got {exc.value!r}"
 
@@ -548,18 +568,25 @@ class VfsMachine(RuleBasedStateMachine):
     def touch(self, *names: str | None) -> None:
         self.touched.update(n for n in names if n is not None)
 
+    # Preconditions steer the choice of rules towards ones that can do something.  With faults
+    # the state depends on which requests failed, and hypothesis insists that the same choices
+    # lead to the same draws: there every rule stays available (and may do nothing).
+
     def has_handles(self) -> bool:
-        return bool(self.model.handles)
+        return self.model.faults or bool(self.model.handles)
 
     def has_writable(self) -> bool:
-        return any(h.writable for h in self.model.handles.values())
+        return self.model.faults or any(h.writable for h in self.model.handles.values())
 
     def has_readable(self) -> bool:
-        return any(h.readable for h in self.model.handles.values())
+        return self.model.faults or any(h.readable for h in self.model.handles.values())
+
+    def has_names(self) -> bool:
+        return self.model.faults or bool(self.model.names)
 
     # -- rules
 
-    @precondition(lambda self: bool(self.model.names))
+    @precondition(has_names)
     @rule(op=st.sampled_from(["truncate", "unlink", "rename", "forget"]), name=st.sampled_from(NAMES),
           other=st.sampled_from(NAMES), kind=st.sampled_from(SIZE_KINDS), pos=st.integers(0, 1 << 20))
     def by_name(self, op: str, name: str, other: str, kind: str, pos: int) -> None:
@@ -779,6 +806,7 @@ class VfsMachine(RuleBasedStateMachine):
         """release: the handle is gone whatever happens (a failed upload is only logged)."""
         f = self.model.files[h.fid]
         before = list(f.contents)
+        uploads = f.dirty
         try:
             self.attempt(self.vfs.release, h.fh)
         except OpFailed:
@@ -786,6 +814,9 @@ class VfsMachine(RuleBasedStateMachine):
             self.model.failed(f, before, stream=True)
             return
         self.model.release(h)
+        if self.model.faults and uploads and f.fid in self.model.files:
+            # An upload at release that failed is only logged; a failed stream loses its bytes.
+            self.model.failed(f, before, stream=True)
 
     @precondition(has_handles)
     @rule(which=st.integers(0, 255))
@@ -852,12 +883,13 @@ class VfsMachine(RuleBasedStateMachine):
 
     # -- concurrency: two operations on two handles at once must equal one of their orders
 
-    @precondition(lambda self: not self.model.faults and len(self.model.handles) >= 2)
+    @precondition(lambda self: self.ctx.proxy is None and len(self.model.handles) >= 2)
     @rule(a=st.integers(0, 255), b=st.integers(0, 255),
           op_a=st.sampled_from(["read", "write", "flush", "fsync", "close", "ftruncate"]),
           op_b=st.sampled_from(["read", "write", "flush", "fsync", "close", "ftruncate"]),
           pos=st.integers(0, 1 << 20), length=lengths, seed=st.integers(0, 255))
     def concurrently(self, a: int, b: int, op_a: str, op_b: str, pos: int, length: int, seed: int) -> None:
+        """Two operations on two handles at once: the outcome must be one of their two orders."""
         def able(op: str) -> Callable[[MHandle], bool]:
             if op == "read":
                 return lambda h: h.readable
@@ -945,16 +977,16 @@ class VfsMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.ctx.proxy is not None)
     @rule(method=st.sampled_from([None, "GET", "PUT", "HEAD", "DELETE", "COPY", "POST"]),
           action=st.sampled_from(["status", "drop", "reset", "truncate"]), times=st.integers(1, 3),
-          status=st.sampled_from([500, 503]), after_bytes=st.sampled_from([0, 1, 100, 1000, 40000]),
-          mine=st.booleans())
-    def inject_fault(self, method: str | None, action: str, times: int, status: int, after_bytes: int,
-                     mine: bool) -> None:
-        """One-shot faults (times requests) in front of Swift: error status, dropped or reset
-        connection, GET body cut short; for this example's objects only, or for any request."""
+          status=st.sampled_from([500, 503]), after_bytes=st.sampled_from([0, 1, 100, 1000, 40000]))
+    def inject_fault(self, method: str | None, action: str, times: int, status: int, after_bytes: int) -> None:
+        """One-shot faults (for the next `times` matching requests) in front of Swift: an error
+        status, a dropped or reset connection, a GET body cut short.  Only requests naming this
+        example's directory (its objects, segments and listings) match, so a replayed example
+        meets the same faults."""
         with self.step():
             if action == "truncate":
                 method = "GET"
-            path = re.escape(self.dirname) if mine else None
+            path = re.escape(self.dirname)
             self.ctx.proxy.add_rule(method=method, path=path, action=action, status=status, times=times,
                                     after_bytes=after_bytes)
             self.ctx.failures_injected += 1
@@ -1067,7 +1099,8 @@ async def run_model(ctx: Context, config: settings) -> None:
             elapsed = time.monotonic() - started
             print(f"\n[{ctx.kind}] {ctx.examples} examples, {ctx.steps} steps, {elapsed:.1f} s "
                   f"(vfs {ctx.vfs_time:.1f} s, store reads {ctx.store_time:.1f} s)"
-                  + (f", {ctx.failures_injected} faults injected, {ctx.errors_seen} errors seen"
+                  + (f", {ctx.failures_injected} faults injected, {ctx.errors_seen} operations failed "
+                     f"({dict(ctx.errors)})"
                      if ctx.proxy is not None else "")
                   + "\n  steps by rule: " + ", ".join(f"{k} {v}" for k, v in ctx.rules.most_common()))
             nursery.cancel_scope.cancel()
@@ -1173,6 +1206,8 @@ class Direct:
         self.direct = direct
         self.dir_ino = dir_ino
         self.dirname = dirname
+        #: The fault proxy in front of the vfs's Swift (the faulty fixture only).
+        self.proxy: Any = None
 
     def stored(self, name: str) -> bytes | None:
         return self.direct.read([self.dirname, name])
@@ -1211,7 +1246,7 @@ async def direct(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     else:
         container = f"gfs-{uuid.uuid4().hex[:12]}"
         ctx = _swift_context(tmp_path, request.getfixturevalue("swift_env"), container)
-    options = Options(staging_dir=str(tmp_path / "staging"), op_timeout=30.0)
+    options = Options(staging_dir=str(tmp_path / "staging"), op_timeout=OP_TIMEOUT)
     os.makedirs(options.staging_dir, exist_ok=True)
     vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
     try:
@@ -1299,3 +1334,70 @@ async def test_close_racing_an_append_keeps_every_byte(direct: Direct) -> None:
         reader = await direct.open(name, os.O_RDONLY)
         assert await direct.read(reader) == big + tail
         await direct.close(reader)
+
+
+@pytest.fixture
+async def faulty(tmp_path: Path, swift_env: dict[str, Any], fault_swift: Any) -> AsyncIterator[Direct]:
+    """A Direct whose vfs talks to Swift through the fault proxy (one retry); .proxy to inject."""
+    container = f"gfs-{uuid.uuid4().hex[:12]}"
+    ctx = _swift_context(tmp_path, swift_env, container, via=fault_swift.env, retries="1")
+    options = Options(staging_dir=str(tmp_path / "staging"), op_timeout=OP_TIMEOUT)
+    os.makedirs(options.staging_dir, exist_ok=True)
+    vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
+    try:
+        async with trio.open_nursery() as nursery:
+            vfs.nursery = nursery
+            public = await vfs.lookup(ROOT_INO, b"public")
+            dirname = f"r{uuid.uuid4().hex[:10]}"
+            node = await vfs.mkdir(public.ino, dirname.encode())
+            env = Direct(vfs, ctx.storage, ctx.direct, node.ino, dirname)
+            env.proxy = fault_swift.proxy
+            yield env
+            nursery.cancel_scope.cancel()
+    finally:
+        fault_swift.proxy.clear()
+        drop_container(swift_env, container)
+
+
+async def test_failed_unlink_keeps_unsaved_writes(faulty: Direct) -> None:
+    """unlink failing (Swift errors past the retries) leaves the file in place: data written
+    before it and not yet uploaded must still reach the store at the next close."""
+    await faulty.put("u.txt", b"old")
+    fh = await faulty.open("u.txt", os.O_RDWR)
+    await faulty.vfs.write(fh, 0, b"new!")
+    faulty.proxy.add_rule(method="DELETE", path=re.escape(faulty.dirname), action="status", status=503, times=4)
+    with pytest.raises((OSError, StorageUnavailable)):
+        await faulty.vfs.unlink(faulty.dir_ino, b"u.txt")
+    faulty.proxy.clear()
+    assert await faulty.read(fh) == b"new!"
+    await faulty.close(fh)
+    assert faulty.stored("u.txt") == b"new!"
+
+
+@swift_only
+async def test_appends_after_renaming_an_open_file_go_to_the_new_name(direct: Direct) -> None:
+    """A new file renamed while open for writing, then appended past one segment (so it
+    streams): close must publish everything under the new name and nothing under the old."""
+    fh = await direct.create("b.txt", os.O_WRONLY | os.O_APPEND)
+    await direct.vfs.rename(direct.dir_ino, b"b.txt", direct.dir_ino, b"a.txt")
+    data = data_of(104629, 3)
+    await direct.vfs.write(fh, 0, data[:48017])
+    await direct.vfs.write(fh, 0, data[48017:])
+    await direct.close(fh)
+    assert direct.stored("a.txt") == data
+    assert direct.stored("b.txt") is None
+
+
+async def test_cut_listing_is_an_oserror(faulty: Direct) -> None:
+    """A listing whose body is cut short (connection lost mid-body, past the retries) must come
+    out of the vfs as an OSError (or StorageUnavailable, the adapter's EIO), not as a raw
+    urllib3/http.client exception."""
+    for i in range(8):
+        await faulty.put(f"file-with-a-longish-name-{i}.txt", b"x")
+    faulty.proxy.add_rule(method="GET", path=r"prefix=" + re.escape(faulty.dirname), action="truncate",
+                          after_bytes=100, times=4)
+    with pytest.raises((OSError, StorageUnavailable)):
+        await faulty.vfs.opendir(faulty.dir_ino)
+    faulty.proxy.clear()
+    fh = await faulty.vfs.opendir(faulty.dir_ino)
+    assert len(faulty.vfs.readdir_entries(fh, 0)) == 8
