@@ -1020,7 +1020,9 @@ def test_a_manifest_replaced_by_a_plain_object_is_never_parsed(store: CloudFileS
     raw.put_object(segs, "victim", b"someone else's segment")
     with open(decoy, "w") as f:
         json.dump([{"name": f"/{segs}/victim", "hash": "0" * 32, "bytes": 22}], f)
-    original = CloudFileStorage._slo_segments
+    from goblinfs.storage.swift.largeobjects import LargeObjects
+
+    original = LargeObjects.slo_segments
     replaced = threading.Event()
 
     def slo_segments(self: Any, name: str) -> Any:
@@ -1033,7 +1035,7 @@ def test_a_manifest_replaced_by_a_plain_object_is_never_parsed(store: CloudFileS
                 other.close()
         return original(self, name)
 
-    monkeypatch.setattr(CloudFileStorage, "_slo_segments", slo_segments)
+    monkeypatch.setattr(LargeObjects, "slo_segments", slo_segments)
     thread = threading.Thread(target=lambda: store.store_local_file(big, ["x.json"]), name="writer-b")
     thread.start()
     thread.join(60)

@@ -55,11 +55,9 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import logging
 import os
 import tempfile
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -78,7 +76,6 @@ from . import (
     StorageConfigError,
     StorageInterface,
     Upload,
-    check_exact_component,
     resolve_components,
 )
 from . import NotImplementedError as StorageNotImplementedError
@@ -87,13 +84,12 @@ from .swift.largeobjects import (
     DEFAULT_SEGMENT_SIZE,
     HASH_CHUNK,
     SEND_CHUNK,
+    LargeObjects,
     SegmentStream,
     SegmentUploader,
     _HashingBody,
     _md5_range,
     _Segments,
-    parse_slo_manifest,
-    segment_prefix,
 )
 from .swift.listing import (
     DIRECTORY_TYPE,
@@ -113,7 +109,6 @@ from .swift.listing import (
     parse_listing_time,
     parse_mtime,
     split_content_type,
-    strip_etag,
 )
 from .swift.session import (
     DEFAULT_RETRY_DEADLINE,
@@ -171,12 +166,6 @@ def _float_option(name: str, value: Any, default: float | None) -> float | None:
         raise StorageConfigError(f"{name} must be positive, not {number}")
     return number
 
-
-
-def _upload_group(segment: str) -> str:
-    """The upload a segment name belongs to (``<base>/<upload id>/``), or the name itself."""
-    head, sep, index = segment.rpartition("/")
-    return head + sep if sep and index.isdigit() else segment
 
 
 class CloudFileStorage(StorageInterface):
@@ -249,6 +238,7 @@ class CloudFileStorage(StorageInterface):
             log.debug("cloudfiles_use_servicenet ignored: python-swiftclient has no ServiceNet support")
         if kwargs:
             log.debug("CloudFileStorage ignores keys %s", sorted(kwargs))
+        self.large = LargeObjects(self)
         self.session = SwiftSession(auth_url=self.auth_url, user=self.user, key=str(cloudfiles_api_key),
                                     auth_version=version, os_options=os_options, container=self.container,
                                     retries=self.retries, timeout=self.timeout or DEFAULT_TIMEOUT,
@@ -394,83 +384,13 @@ class CloudFileStorage(StorageInterface):
         return is_slo(headers)
 
     def _slo_segments(self, name: str) -> list[tuple[str, str]]:
-        """(container, object) of every segment of the SLO manifest name, as it is now.
-
-        The manifest is only trusted when the GET itself says it is one (``X-Static-Large-Object``):
-        an object replaced by a plain one since its HEAD gives [] (its content is never parsed).
-        """
-        try:
-            headers, body = self._call("get_object", self.container, name, query_string="multipart-manifest=get",
-                                       name=name)
-        except FileNotFoundError:
-            return []
-        if not is_slo(headers):
-            log.debug("%s is no longer an SLO (replaced meanwhile): no segments to delete", name)
-            return []
-        try:
-            return parse_slo_manifest(body)
-        except ValueError:
-            log.warning("SLO manifest of %s is not JSON; its segments are left alone", name)
-            return []
-
-    def _manifest_for_gc(self, name: str) -> list[tuple[str, str]] | None:
-        """The segments of the SLO name for garbage collection: None when it is gone or no
-        longer an SLO, an error when the manifest cannot be read (collection must stop then)."""
-        try:
-            headers, body = self._call("get_object", self.container, name, query_string="multipart-manifest=get",
-                                       name=name)
-        except FileNotFoundError:
-            return None
-        if not is_slo(headers):
-            return None
-        return parse_slo_manifest(body)
-
-    def _dlo_segments(self, name: str, container: str, prefix: str) -> list[tuple[str, str]]:
-        """(container, object) of every segment of the DLO manifest name: every object under its
-        prefix in its container (as the swift CLI deletes them), the manifest itself excepted."""
-        if not prefix:
-            log.warning("DLO %s takes every object of container %s as its segments: they are left alone",
-                        name, container)
-            return []
-        try:
-            items = list(self._iter_listing(prefix, container=container))
-        except FileNotFoundError:
-            return []
-        return [(container, item["name"]) for item in items
-                if "name" in item and not (container == self.container and item["name"] == name)]
+        return self.large.slo_segments(name)
 
     def _segments_of(self, name: str, headers: Mapping[str, str] | None) -> list[tuple[str, str]]:
-        """The segments of name if its HEAD says it is a large object (SLO or DLO), else []."""
-        if is_slo(headers):
-            return self._slo_segments(name)
-        manifest = dlo_prefix(headers)
-        if manifest is not None:
-            return self._dlo_segments(name, *manifest)
-        return []
+        return self.large.segments_of(name, headers)
 
     def _delete_segments(self, segments: Sequence[tuple[str, str]], wait: bool = True) -> int:
-        """Delete (container, object) pairs in parallel, missing ones ignored, failures logged; how
-        many were deleted.  ``wait=False``: in a background thread (cleanup after a failure must
-        not hold the caller), 0 returned."""
-        if not segments:
-            return 0
-        if not wait:
-            threading.Thread(target=self._delete_segments, args=(list(segments),), daemon=True,
-                             name="goblinfs-delete-segments").start()
-            return 0
-
-        def delete(segment: tuple[str, str]) -> bool:
-            container, obj = segment
-            try:
-                self._call("delete_object", container, obj, name=f"{container}/{obj}")
-                return True
-            except FileNotFoundError:
-                return False
-            except Exception as exc:
-                log.warning("could not delete segment %s/%s: %s", container, obj, exc)
-                return False
-
-        return sum(self._parallel(delete, list(segments)))
+        return self.large.delete_segments(segments, wait)
 
     def _delete_object(self, name: str, headers: Mapping[str, str] | None = None) -> None:
         """DELETE name; a large object's segments (SLO or DLO) go too.  FileNotFoundError when missing."""
@@ -624,12 +544,7 @@ class CloudFileStorage(StorageInterface):
 
     def _put_manifest(self, name: str, segments: Sequence[tuple[str, str, int]], full_type: str,
                       headers: Mapping[str, str]) -> str:
-        manifest = json.dumps([{"path": f"/{self.segment_container}/{segment}", "etag": etag or None,
-                                "size_bytes": length} for segment, etag, length in segments]).encode()
-        etag = self._call("put_object", self.container, name, manifest, content_length=len(manifest),
-                          content_type=full_type, headers=dict(headers),
-                          query_string="multipart-manifest=put", name=name, passthrough=(412,))
-        return strip_etag(etag) or ""
+        return self.large.put_manifest(name, segments, full_type, headers)
 
     # ----------------------------------------------------------------- MediaGoblin API
 
@@ -877,86 +792,15 @@ class CloudFileStorage(StorageInterface):
         Segments that the object now at filepath references are kept: a finished upload is
         never undone (call it only for uploads that did not finish).
         """
-        name = self._file_name(filepath)
-        check_exact_component(upload_id)
-        prefix = segment_prefix(name, upload_id, self.max_object_name_length)
-        try:
-            items = list(self._iter_listing(prefix, container=self.segment_container))
-        except FileNotFoundError:
-            return 0
-        if not items:
-            return 0
-        in_use = set(self._segments_of(name, self._head(name)))
-        doomed = [(self.segment_container, item["name"]) for item in items
-                  if (self.segment_container, item["name"]) not in in_use]
-        if len(doomed) < len(items):
-            log.warning("upload %s of %s finished: its %d segment(s) in use are kept", upload_id, name,
-                        len(items) - len(doomed))
-        deleted = self._delete_segments(doomed)
-        log.info("discarded upload %s of %s: %d segment(s) deleted", upload_id, name, deleted)
-        return deleted
+        return self.large.discard_upload(self._file_name(filepath), upload_id)
 
     def collect_garbage(self, grace_seconds: float = 86400.0, dry_run: bool = False) -> list[str]:
         """Delete the segments in ``<container>_segments`` that no manifest of the container
-        references and whose upload is older than *grace_seconds*; their names.
-
-        References: every SLO manifest's segments (``?multipart-manifest=get``; listings flag SLOs)
-        and every object under a DLO manifest's prefix (zero-byte objects are HEADed to find
-        them).  A segment named ``<base>/<upload id>/<index>`` is as old as the newest segment
-        of its upload (an upload still sending keeps all its segments); any other one by its
-        own ``last_modified``.  Nothing younger than the grace period is touched.  Manifests in
-        other containers are not seen: segments only they use must be kept by a larger grace.
+        references and whose upload is older than *grace_seconds*; their names (with
+        *dry_run*: the names that would be deleted).  See
+        :meth:`goblinfs.storage.swift.largeobjects.LargeObjects.collect_garbage`.
         """
-        cutoff_ns = time.time_ns() - int(grace_seconds * 1e9)
-        try:
-            segment_items = list(self._iter_listing("", container=self.segment_container))
-        except FileNotFoundError:
-            return []
-        if not segment_items:
-            return []
-        items = list(self._iter_listing(""))
-        slo_names = [item["name"] for item in items if "name" in item and maybe_slo(item)]
-        dlo_candidates = [item["name"] for item in items if "name" in item and maybe_dlo(item)]
-        referenced: set[tuple[str, str]] = set()
-        prefixes: list[tuple[str, str]] = []
-        vanished = 0
-        for segments in self._parallel(self._manifest_for_gc, slo_names):
-            if segments is None:
-                vanished += 1
-            else:
-                referenced.update(segments)
-        for headers in self._parallel(self._head, dlo_candidates):
-            if headers is None:
-                vanished += 1
-            manifest = dlo_prefix(headers)
-            if manifest is not None:
-                prefixes.append(manifest)
-        if vanished:
-            # A manifest listed and gone since may have been moved (copied elsewhere, then
-            # deleted): its segments may be in use under a name this listing did not show.
-            log.warning("garbage collection of %s skipped: %d manifest(s) changed while it ran; try again later",
-                        self.segment_container, vanished)
-            return []
-        newest: dict[str, int] = {}
-        for item in segment_items:
-            group = _upload_group(item["name"])
-            modified = parse_listing_time(item.get("last_modified"))
-            newest[group] = max(newest.get(group, 0), modified)
-        garbage = []
-        for item in segment_items:
-            name = item["name"]
-            if (self.segment_container, name) in referenced:
-                continue
-            if any(container == self.segment_container and name.startswith(prefix) for container, prefix in prefixes):
-                continue
-            if newest[_upload_group(name)] > cutoff_ns:
-                continue
-            garbage.append(name)
-        if not dry_run and garbage:
-            self._delete_segments([(self.segment_container, name) for name in garbage])
-        log.info("garbage collection of %s: %d unreferenced segment(s) older than %g s %s", self.segment_container,
-                 len(garbage), grace_seconds, "found (dry run)" if dry_run else "deleted")
-        return garbage
+        return self.large.collect_garbage(grace_seconds, dry_run)
 
     def list_dir(self, dirpath: Sequence[str]) -> list[Entry]:
         """One directory's children from a delimiter listing, without a HEAD per object.

@@ -16,15 +16,16 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from swiftclient.utils import LengthWrapper
 
-from .. import Entry, Upload, new_upload_id
-from .listing import strip_etag
+from .. import Entry, Upload, check_exact_component, new_upload_id
+from .listing import dlo_prefix, is_slo, maybe_dlo, maybe_slo, parse_listing_time, strip_etag
 
 if TYPE_CHECKING:
     from ..cloudfiles import CloudFileStorage
@@ -439,3 +440,194 @@ class SegmentStream(_Segments, Upload):
         self.store._delete_segments([(self.store.segment_container, self.segment_name(index))
                                      for index in range(count)], wait=wait)
 
+
+def upload_group(segment: str) -> str:
+    """The upload a segment name belongs to (``<base>/<upload id>/``), or the name itself."""
+    head, sep, index = segment.rpartition("/")
+    return head + sep if sep and index.isdigit() else segment
+
+class LargeObjects:
+    """The large objects of one store: reading SLO manifests and DLO prefixes, writing SLO
+    manifests, deleting segments, discarding unfinished uploads, collecting garbage."""
+
+    def __init__(self, store: CloudFileStorage) -> None:
+        self.store = store
+
+    def slo_segments(self, name: str) -> list[tuple[str, str]]:
+        """(container, object) of every segment of the SLO manifest name, as it is now.
+
+        The manifest is only trusted when the GET itself says it is one (``X-Static-Large-Object``):
+        an object replaced by a plain one since its HEAD gives [] (its content is never parsed).
+        """
+        try:
+            headers, body = self.store._call("get_object", self.store.container, name,
+                                             query_string="multipart-manifest=get", name=name)
+        except FileNotFoundError:
+            return []
+        if not is_slo(headers):
+            log.debug("%s is no longer an SLO (replaced meanwhile): no segments to delete", name)
+            return []
+        try:
+            return parse_slo_manifest(body)
+        except ValueError:
+            log.warning("SLO manifest of %s is not JSON; its segments are left alone", name)
+            return []
+
+    def manifest_for_gc(self, name: str) -> list[tuple[str, str]] | None:
+        """The segments of the SLO name for garbage collection: None when it is gone or no
+        longer an SLO, an error when the manifest cannot be read (collection must stop then)."""
+        try:
+            headers, body = self.store._call("get_object", self.store.container, name,
+                                             query_string="multipart-manifest=get", name=name)
+        except FileNotFoundError:
+            return None
+        if not is_slo(headers):
+            return None
+        return parse_slo_manifest(body)
+
+    def dlo_segments(self, name: str, container: str, prefix: str) -> list[tuple[str, str]]:
+        """(container, object) of every segment of the DLO manifest name: every object under its
+        prefix in its container (as the swift CLI deletes them), the manifest itself excepted."""
+        if not prefix:
+            log.warning("DLO %s takes every object of container %s as its segments: they are left alone",
+                        name, container)
+            return []
+        try:
+            items = list(self.store._iter_listing(prefix, container=container))
+        except FileNotFoundError:
+            return []
+        return [(container, item["name"]) for item in items
+                if "name" in item and not (container == self.store.container and item["name"] == name)]
+
+    def segments_of(self, name: str, headers: Mapping[str, str] | None) -> list[tuple[str, str]]:
+        """The segments of name if its HEAD says it is a large object (SLO or DLO), else []."""
+        if is_slo(headers):
+            return self.slo_segments(name)
+        manifest = dlo_prefix(headers)
+        if manifest is not None:
+            return self.dlo_segments(name, *manifest)
+        return []
+
+    def delete_segments(self, segments: Sequence[tuple[str, str]], wait: bool = True) -> int:
+        """Delete (container, object) pairs in parallel, missing ones ignored, failures logged; how
+        many were deleted.  ``wait=False``: in a background thread (cleanup after a failure must
+        not hold the caller), 0 returned."""
+        if not segments:
+            return 0
+        if not wait:
+            threading.Thread(target=self.delete_segments, args=(list(segments),), daemon=True,
+                             name="goblinfs-delete-segments").start()
+            return 0
+
+        def delete(segment: tuple[str, str]) -> bool:
+            container, obj = segment
+            try:
+                self.store._call("delete_object", container, obj, name=f"{container}/{obj}")
+                return True
+            except FileNotFoundError:
+                return False
+            except Exception as exc:
+                log.warning("could not delete segment %s/%s: %s", container, obj, exc)
+                return False
+
+        return sum(self.store._parallel(delete, list(segments)))
+
+    def put_manifest(self, name: str, segments: Sequence[tuple[str, str, int]], full_type: str,
+                     headers: Mapping[str, str]) -> str:
+        """PUT the SLO manifest of (segment, etag, size) in the segments container; the SLO etag."""
+        manifest = json.dumps([{"path": f"/{self.store.segment_container}/{segment}", "etag": etag or None,
+                                "size_bytes": length} for segment, etag, length in segments]).encode()
+        etag = self.store._call("put_object", self.store.container, name, manifest, content_length=len(manifest),
+                                content_type=full_type, headers=dict(headers),
+                                query_string="multipart-manifest=put", name=name, passthrough=(412,))
+        return strip_etag(etag) or ""
+
+    def discard_upload(self, name: str, upload_id: str) -> int:
+        """Delete every segment of the unfinished upload *upload_id* of object *name* (all objects
+        under ``<name>/<upload_id>/`` in the segments container); how many were deleted.
+        Idempotent.  Segments that the object now at *name* references are kept: a finished
+        upload is never undone.
+        """
+        check_exact_component(upload_id)
+        prefix = segment_prefix(name, upload_id, self.store.max_object_name_length)
+        try:
+            items = list(self.store._iter_listing(prefix, container=self.store.segment_container))
+        except FileNotFoundError:
+            return 0
+        if not items:
+            return 0
+        in_use = set(self.segments_of(name, self.store._head(name)))
+        doomed = [(self.store.segment_container, item["name"]) for item in items
+                  if (self.store.segment_container, item["name"]) not in in_use]
+        if len(doomed) < len(items):
+            log.warning("upload %s of %s finished: its %d segment(s) in use are kept", upload_id, name,
+                        len(items) - len(doomed))
+        deleted = self.delete_segments(doomed)
+        log.info("discarded upload %s of %s: %d segment(s) deleted", upload_id, name, deleted)
+        return deleted
+
+    def collect_garbage(self, grace_seconds: float = 86400.0, dry_run: bool = False) -> list[str]:
+        """Delete the segments in ``<container>_segments`` that no manifest of the container
+        references and whose upload is older than *grace_seconds*; their names.
+
+        References: every SLO manifest's segments (``?multipart-manifest=get``; listings flag SLOs)
+        and every object under a DLO manifest's prefix (zero-byte objects are HEADed to find
+        them).  A segment named ``<base>/<upload id>/<index>`` is as old as the newest segment
+        of its upload (an upload still sending keeps all its segments); any other one by its
+        own ``last_modified``.  Nothing younger than the grace period is touched.  When a listed
+        manifest is gone (or changed) by the time it is read, nothing is deleted this time (it
+        may have been moved, its segments in use under a name the listing did not show).
+        Manifests in other containers are not seen.
+        """
+        cutoff_ns = time.time_ns() - int(grace_seconds * 1e9)
+        try:
+            segment_items = list(self.store._iter_listing("", container=self.store.segment_container))
+        except FileNotFoundError:
+            return []
+        if not segment_items:
+            return []
+        items = list(self.store._iter_listing(""))
+        slo_names = [item["name"] for item in items if "name" in item and maybe_slo(item)]
+        dlo_candidates = [item["name"] for item in items if "name" in item and maybe_dlo(item)]
+        referenced: set[tuple[str, str]] = set()
+        prefixes: list[tuple[str, str]] = []
+        vanished = 0
+        for segments in self.store._parallel(self.manifest_for_gc, slo_names):
+            if segments is None:
+                vanished += 1
+            else:
+                referenced.update(segments)
+        for headers in self.store._parallel(self.store._head, dlo_candidates):
+            if headers is None:
+                vanished += 1
+            manifest = dlo_prefix(headers)
+            if manifest is not None:
+                prefixes.append(manifest)
+        if vanished:
+            # A manifest listed and gone since may have been moved (copied elsewhere, then
+            # deleted): its segments may be in use under a name this listing did not show.
+            log.warning("garbage collection of %s skipped: %d manifest(s) changed while it ran; try again later",
+                        self.store.segment_container, vanished)
+            return []
+        newest: dict[str, int] = {}
+        for item in segment_items:
+            group = upload_group(item["name"])
+            modified = parse_listing_time(item.get("last_modified"))
+            newest[group] = max(newest.get(group, 0), modified)
+        garbage = []
+        for item in segment_items:
+            name = item["name"]
+            if (self.store.segment_container, name) in referenced:
+                continue
+            if any(container == self.store.segment_container and name.startswith(prefix)
+                   for container, prefix in prefixes):
+                continue
+            if newest[upload_group(name)] > cutoff_ns:
+                continue
+            garbage.append(name)
+        if not dry_run and garbage:
+            self.delete_segments([(self.store.segment_container, name) for name in garbage])
+        log.info("garbage collection of %s: %d unreferenced segment(s) older than %g s %s",
+                 self.store.segment_container, len(garbage), grace_seconds,
+                 "found (dry run)" if dry_run else "deleted")
+        return garbage
