@@ -151,15 +151,19 @@ def test_one_503_and_a_reset_on_stream_segment_puts(store: CloudFileStorage, fau
     assert len(manifest) == 4 and len(segments(raw, store.container)) == 4
 
 
-def test_expired_token_on_a_stream_segment(store: CloudFileStorage, raw: Any) -> None:
+def test_expired_token_on_a_stream_segment(store: CloudFileStorage, faults: FaultSwift, raw: Any) -> None:
+    """The chunked PUT of a segment meets the 401 of an expired token: login, segment resent."""
     stream = store.start_upload(["tok.bin"])
     assert stream is not None
-    store._conn().token = "AUTH_tk00000000000000000000000000000000"
-    store.session._auth = None
+    rule = faults.proxy.add_rule(method="PUT", path=r"_segments/tok\.bin/.*/00000001$", status=401)
+    logins = sum(1 for method, target, _ in faults.proxy.requests if method == "GET" and "/auth/" in target)
     data = os.urandom(2 * MiB + 10)
     stream.put(data)
     stream.finish()
+    assert rule.hits == 1
     assert raw.get_object(store.container, "tok.bin")[1] == data
+    assert statuses(faults, "PUT", r"_segments/tok\.bin/.*/00000001$") == [401, 201]
+    assert sum(1 for method, target, _ in faults.proxy.requests if method == "GET" and "/auth/" in target) > logins
 
 
 def test_one_503_on_a_get_and_on_a_listing(store: CloudFileStorage, faults: FaultSwift, raw: Any) -> None:

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 import urllib3.exceptions
 from requests.exceptions import RequestException
-from swiftclient.client import ClientException, Connection
+from swiftclient.client import ClientException, Connection, put_object
 
 from .. import StorageUnavailable
 
@@ -134,8 +134,6 @@ class _Connection(Connection):
         """swiftclient's put_object, with a body reset that works without swiftclient retries
         (its re-login after a 401 sends the body again): bytes need none, file-like bodies
         are reset (``reset(*args, **kwargs)``) or seeked back."""
-        from swiftclient.client import put_object
-
         reset_func = None
         if contents is not None and not isinstance(contents, (bytes, bytearray, memoryview, str)):
             reset = getattr(contents, "reset", None)
