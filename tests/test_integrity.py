@@ -81,14 +81,16 @@ class Bench:
         self.mounts: list[Mounted] = []
         self.procs: list[subprocess.Popen[Any]] = []
         self.tmpfs: list[Path] = []
+        self.proxy: Any = None
 
     # -- set-up --------------------------------------------------------------------------
 
-    def config(self, env: dict[str, Any] | None = None, extra: str = "") -> Path:
-        """A config of both stores; through the proxy when env is a fault_swift env."""
-        env = env or self.swift_env
-        name = "cfg-proxy" if env is not self.swift_env else "cfg"
-        return write_swift_config(self.tmp / name, env, self.container, extra=extra)
+    def config(self, fault: Any = None, extra: str = "") -> Path:
+        """A config of both stores; through the proxy when fault (the fault_swift fixture) is given."""
+        if fault is None:
+            return write_swift_config(self.tmp / "cfg", self.swift_env, self.container, extra=extra)
+        self.proxy = fault.proxy
+        return write_swift_config(self.tmp / "cfg-proxy", fault.env, self.container, extra=extra)
 
     def mount(self, config: Path | None = None, options: str = "") -> Mounted:
         opts = f"cache_dir={self.wb},{OPTS}" + (f",{options}" if options else "")
@@ -180,6 +182,8 @@ class Bench:
     # -- teardown ------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.clear()  # no fault left for the unmounts below
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
@@ -202,6 +206,7 @@ class Bench:
 
 @pytest.fixture
 def bench(swift_env: dict[str, Any], tmp_path: Path) -> Iterator[Bench]:
+    """Tests that also use fault_swift name it first, so their mounts stop before the proxy does."""
     b = Bench(swift_env, tmp_path)
     try:
         yield b
@@ -373,10 +378,10 @@ def test_overwrite_writer_killed_keeps_old(bench: Bench, written: int) -> None:
 
 
 @pytest.mark.parametrize("how", ["python", "shell"])
-def test_overwrite_swift_failing_keeps_old(bench: Bench, fault_swift: Any, how: str) -> None:
+def test_overwrite_swift_failing_keeps_old(fault_swift: Any, bench: Bench, how: str) -> None:
     old_path, old = make_data(bench.tmp, "old", 3 * MiB)
     new_path, _ = make_data(bench.tmp, "new", 2 * MiB + 5)
-    bench.mount(bench.config(fault_swift.env, extra="retries = 1\n"))
+    bench.mount(bench.config(fault_swift, extra="retries = 1\n"))
     cp_in(bench, old_path, "x.bin")
     rule = fault_swift.proxy.add_rule("PUT", None, status=503, times=None)
     try:
@@ -413,10 +418,10 @@ def test_deliberate_truncation_is_published(bench: Bench) -> None:
 
 
 @pytest.mark.parametrize("case", ["new-small", "overwrite-small", "segment", "manifest"])
-def test_one_503_on_put_cp_succeeds(bench: Bench, fault_swift: Any, case: str) -> None:
+def test_one_503_on_put_cp_succeeds(fault_swift: Any, bench: Bench, case: str) -> None:
     size = 200_000 if case.endswith("small") else 3 * MiB + 3
     src, data = make_data(bench.tmp, "src", size)
-    bench.mount(bench.config(fault_swift.env))
+    bench.mount(bench.config(fault_swift))
     c = bench.container
     if case == "overwrite-small":
         bench.conn.put_container(c)
@@ -511,9 +516,9 @@ def test_dlo_reads_and_rm_removes_segments(bench: Bench) -> None:
 # 6. No orphaned segments -------------------------------------------------------------------------
 
 
-def test_segment_503s_leave_no_orphans(bench: Bench, fault_swift: Any) -> None:
+def test_segment_503s_leave_no_orphans(fault_swift: Any, bench: Bench) -> None:
     src, _ = make_data(bench.tmp, "src", 6 * MiB)
-    bench.mount(bench.config(fault_swift.env, extra="retries = 1\n"))
+    bench.mount(bench.config(fault_swift, extra="retries = 1\n"))
     writer = bench.py(WRITER, str(bench.public / "big.bin"), str(src), str(3 * MiB), "trunc", stdin=subprocess.PIPE)
     assert readline(writer, 60) == "ready"
     seg_puts = lambda: [r for r in fault_swift.proxy.requests  # noqa: E731
@@ -563,9 +568,9 @@ print(json.dumps(result), flush=True)
 """
 
 
-def test_failed_upload_journaled_and_uploaded_at_next_mount(bench: Bench, fault_swift: Any) -> None:
+def test_failed_upload_journaled_and_uploaded_at_next_mount(fault_swift: Any, bench: Bench) -> None:
     src, data = make_data(bench.tmp, "src", 300_000)
-    config = bench.config(fault_swift.env, extra="retries = 1\n")
+    config = bench.config(fault_swift, extra="retries = 1\n")
     m = bench.mount(config)
     os.listdir(bench.public)
     fault_swift.proxy.add_rule("PUT", rf"/{bench.container}/f\.bin", status=503, times=None)
@@ -579,11 +584,11 @@ def test_failed_upload_journaled_and_uploaded_at_next_mount(bench: Bench, fault_
         "the staged data of the failed upload was not uploaded at the next mount"
 
 
-def test_failed_upload_object_changed_meanwhile_is_recovered(bench: Bench, fault_swift: Any) -> None:
+def test_failed_upload_object_changed_meanwhile_is_recovered(fault_swift: Any, bench: Bench) -> None:
     src, data = make_data(bench.tmp, "src", 300_000)
     bench.conn.put_container(bench.container)
     bench.conn.put_object(bench.container, "f.bin", b"version zero")
-    config = bench.config(fault_swift.env, extra="retries = 1\n")
+    config = bench.config(fault_swift, extra="retries = 1\n")
     m = bench.mount(config)
     fault_swift.proxy.add_rule("PUT", rf"/{bench.container}/f\.bin", status=503, times=None)
     result = finish(bench.py(STAGED_WRITER, str(bench.public / "f.bin"), str(src)))
@@ -622,8 +627,8 @@ def test_rmdir_of_data_object_is_enotdir(bench: Bench) -> None:
 # 9. A hung Swift ---------------------------------------------------------------------------------
 
 
-def test_hung_swift_gives_eio_in_30s_and_recovers(bench: Bench, fault_swift: Any) -> None:
-    bench.mount(bench.config(fault_swift.env))
+def test_hung_swift_gives_eio_in_30s_and_recovers(fault_swift: Any, bench: Bench) -> None:
+    bench.mount(bench.config(fault_swift))
     assert os.listdir(bench.public) == []
     bench.conn.put_object(bench.container, "later.txt", b"hello")
     time.sleep(1.2)  # the listing of public/ expires
@@ -730,7 +735,7 @@ def check_blocks(data: bytes, versions: set[int]) -> str | None:
     return None
 
 
-def test_racing_close_fsync_reads_writes(bench: Bench, fault_swift: Any) -> None:
+def test_racing_close_fsync_reads_writes(fault_swift: Any, bench: Bench) -> None:
     """On one remote file: a writer closing after each version, another keeping its fd open
     (fsync now and then), a syncer (open, close: a flush) and two readers.  Swift is only slow
     (every PUT of the file waits 0.3 s before the proxy reads its body, so each upload is still
@@ -739,7 +744,7 @@ def test_racing_close_fsync_reads_writes(bench: Bench, fault_swift: Any) -> None
     remount all hold."""
     bench.conn.put_container(bench.container)
     bench.conn.put_object(bench.container, "race.bin", version_data(0))
-    config = bench.config(fault_swift.env)
+    config = bench.config(fault_swift)
     # One plain object (segment_size 4 MiB here; the test Swift takes up to 5 MiB in one PUT).
     config.write_text(config.read_text().replace("segment_size = 1048576", "segment_size = 4194304"))
     m = bench.mount(config)
