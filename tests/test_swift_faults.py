@@ -336,3 +336,13 @@ def test_dropped_get_of_a_dlo_resumes(store: CloudFileStorage, faults: FaultSwif
         assert f.read() == b"".join(parts)
     assert rule.hits == 1
     assert [e.size for e in store.list_dir([]) if e.name == "dlo.bin"] == [2 * MiB + 99]
+
+
+def test_dropped_get_of_an_slo_resumes(store: CloudFileStorage, faults: FaultSwift, tmp_path: Any) -> None:
+    data = local_file(tmp_path / "slo.bin", 3 * MiB + 1, seed=7)
+    store.store_local_file(str(tmp_path / "slo.bin"), ["slo.bin"])
+    rule = faults.proxy.add_rule(method="GET", path=r"/slo\.bin$", action="truncate", after_bytes=2 * MiB + 5)
+    with store.get_file(["slo.bin"], "rb") as f:
+        assert f.read() == data
+    assert rule.hits == 1
+    assert statuses(faults, "GET", r"/slo\.bin$") == ["truncate", 206]
