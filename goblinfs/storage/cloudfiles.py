@@ -785,6 +785,13 @@ class CloudFileStorage(StorageInterface):
         self._check_new_name(name, name.split("/"))
         return SegmentStream(self, name, self._base_segment_size(), upload_id=upload_id)
 
+    def read_upload(self, filepath: Sequence[str], upload_id: str, fd: int) -> tuple[int, str]:
+        """Write the segments the upload *upload_id* of filepath has in the store into fd (crash
+        recovery: goblinfs.storage.swift.recovery); (bytes, the SLO ETag they would make)."""
+        from .swift.recovery import read_upload
+
+        return read_upload(self, filepath, upload_id, fd)
+
     def discard_upload(self, filepath: Sequence[str], upload_id: str) -> int:
         """Delete every segment of the unfinished upload *upload_id* to filepath (all objects under
         ``<name>/<upload_id>/`` in the segments container); how many were deleted.  Idempotent.

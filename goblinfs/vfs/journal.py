@@ -96,13 +96,16 @@ def list_recovered(recovered_dir: str) -> list[dict[str, Any]]:
                 continue
             full = os.path.join(root, name)
             rel = os.path.relpath(full, recovered_dir).split(os.sep)
-            reason = ""
-            with contextlib.suppress(OSError), open(full + ".why") as f:
-                reason = f.read().strip()
             try:
                 when = os.stat(full).st_mtime
             except OSError:
                 continue
-            out.append({"store": rel[0], "path": "/".join(rel[1:]), "file": full, "reason": reason, "time": when})
+            item: dict[str, Any] = {"store": rel[0], "path": "/".join(rel[1:]), "file": full, "reason": "",
+                                    "time": when}
+            with contextlib.suppress(OSError, ValueError), open(full + ".why") as f:
+                why = json.load(f)
+                if isinstance(why, dict):
+                    item.update({k: why[k] for k in ("store", "path", "reason", "time") if k in why})
+            out.append(item)
     out.sort(key=lambda item: item["time"])
     return out

@@ -27,6 +27,7 @@ import enum
 import errno
 import functools
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -250,6 +251,7 @@ class WritesMixin:
         record = {"store": store.name, "path": list(rf.node.path), "staging": rf.staging, "state": rf.state.value,
                   "base_etag": rf.base_etag, "absent": rf.absent, "mtime_ns": rf.pending_mtime,
                   "upload_id": rf.upload_id, "streamed": upload is not None and upload.started,
+                  "bytes": rf.upload_end if upload is not None and upload.started else None,
                   "time": time.time()}
         try:
             journal.write(rf.journal_id, record)
@@ -876,6 +878,20 @@ class WritesMixin:
         have_data = bool(staging) and os.path.exists(staging)
         asked = state in (S.SEALED.value, S.PUBLISHING.value)
         streamed = bool(record.get("streamed"))
+        complete = not streamed
+        slo_etag: str | None = None
+        read_upload = getattr(store.storage, "read_upload", None)
+        if streamed and upload_id and have_data and read_upload is not None:
+            # The segments hold every byte the stream sent (its start too): bring them back.
+            fd = os.open(staging, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                size, slo_etag = await store.call(read_upload, path, str(upload_id), fd)
+                complete = size == record.get("bytes")
+            except OSError as exc:
+                log.warning("recovery: %s: the segments of upload %s could not be read back: %s",
+                            where, upload_id, exc)
+            finally:
+                os.close(fd)
         if upload_id:
             # Segments of an upload cut short (the store keeps any the object now references).
             count = await store.call(store.storage.discard_upload, path, str(upload_id))
@@ -884,7 +900,7 @@ class WritesMixin:
         if not have_data:
             journal.remove(record_id)
             return
-        if asked and not streamed:
+        if asked and complete:
             try:
                 current = await store.call(store.storage.stat_file, path)
             except FileNotFoundError:
@@ -892,7 +908,7 @@ class WritesMixin:
             base = record.get("base_etag")
             current_etag = current.etag if current is not None else None
             if current is not None and current_etag and current.size == os.path.getsize(staging):
-                digest = await store.call(_md5_file, staging)
+                digest = slo_etag if streamed else await store.call(_md5_file, staging)
                 if digest == current_etag:
                     log.info("recovery: %s was already stored before the crash", where)
                     os.unlink(staging)
@@ -915,8 +931,12 @@ class WritesMixin:
         elif state == S.TRUNCATED.value and os.path.getsize(staging) == 0:
             os.unlink(staging)
         else:
-            reason = ("partial: the stream of this file was cut" if streamed
-                      else "never closed: the writer did not finish (not published)")
+            if asked:
+                reason = "partial: a close had asked for it, but not every byte of its stream reached Swift"
+            elif streamed:
+                reason = "never closed (partial): the bytes the stream had sent; the writer did not finish"
+            else:
+                reason = "never closed: the writer did not finish (not published)"
             self._set_aside(staging, store.name, list(path), reason)
         journal.remove(record_id)
 
@@ -931,7 +951,7 @@ class WritesMixin:
             shutil.copyfile(staging, target)
             os.unlink(staging)
         with open(target + ".why", "w") as f:
-            f.write(reason + "\n")
+            json.dump({"store": store, "path": "/".join(path), "reason": reason, "time": time.time()}, f)
         log.error("recovery: staged data of %s/%s kept in %s: %s", store, "/".join(path), target, reason)
 
 
