@@ -262,17 +262,31 @@ def swift_conn(swift_env: dict[str, Any]) -> Any:
                                   retries=2)
 
 
-def stored(conn: Any, container: str) -> bytes | None:
-    """The object's bytes read directly from Swift (None if absent)."""
+@dataclasses.dataclass(frozen=True)
+class Unreadable:
+    """A GET of the object failed three times (e.g. an SLO whose segments are gone)."""
+
+    error: str
+
+
+def stored(conn: Any, container: str) -> bytes | None | Unreadable:
+    """The object's bytes read directly from Swift (None if absent).  A GET cut short (its
+    segments deleted while it ran, as when an overwrite lands meanwhile) is tried again."""
     import swiftclient
 
-    try:
-        _headers, body = conn.get_object(container, NAME)
-    except swiftclient.ClientException as exc:
-        if exc.http_status == 404:
-            return None
-        raise
-    return bytes(body)
+    error = ""
+    for attempt in range(3):
+        try:
+            _headers, body = conn.get_object(container, NAME)
+            return bytes(body)
+        except swiftclient.ClientException as exc:
+            if exc.http_status == 404:
+                return None
+            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # urllib3/http.client errors of a body cut short
+            error = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.5 * (attempt + 1))
+    return Unreadable(error[:300])
 
 
 def orphan_segments(conn: Any, container: str) -> list[str]:
@@ -315,6 +329,24 @@ def manifest_segments(conn: Any, container: str, name: str, existing: set[str] |
         prefix = headers["x-object-manifest"].partition("/")[2]
         return {n for n in existing or () if n.startswith(prefix)}
     return set()
+
+
+def read_through(path: Path) -> bytes | None | Unreadable:
+    """The file's bytes read through the mount (None if absent)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return Unreadable(f"{type(exc).__name__}: {exc}")
+
+
+def kept_bytes(path: Path) -> bytes:
+    """A recovered file's bytes (b"" if it vanished meanwhile)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def recovered_files(cache_dir: Path) -> list[Path]:
@@ -407,7 +439,7 @@ class Rig:
         daemon.kill()
         daemon.wait(timeout=30)
 
-    def stored(self) -> bytes | None:
+    def stored(self) -> bytes | None | Unreadable:
         return stored(self.conn, self.container)
 
     def recovered(self) -> list[Path]:
@@ -502,13 +534,13 @@ def test_kill_during_overwrite(point: Point, swift_env: dict[str, Any], tmp_path
 
         def settled() -> bool:
             data = r.stored()
-            if confirmed or (sealed and data is not None and sha(data) == sha(new)):
+            if confirmed or (sealed and isinstance(data, bytes) and sha(data) == sha(new)):
                 return True
             return bool(r.recovered()) or (not sealed and acked == 0)
 
         wait_until(settled, SETTLE)
         on_swift = describe(r.stored(), old, new)
-        on_mount = describe(r.file.read_bytes() if r.file.exists() else None, old, new)
+        on_mount = describe(read_through(r.file), old, new)
         outcome = f"swift:{on_swift} mount:{on_mount}"
         if on_swift not in ("old", "new"):
             problems.append(f"object on Swift is {on_swift}, neither exactly the old nor the new content")
@@ -522,17 +554,17 @@ def test_kill_during_overwrite(point: Point, swift_env: dict[str, Any], tmp_path
         # Where are the acknowledged new bytes now?  image: the file as the writer left it.
         image = new if sealed else new[:acked] + (old[acked:] if point.mode == "inplace" else b"")
         kept = r.recovered()
-        kept_prefix = max((common_prefix(f.read_bytes(), image) for f in kept), default=0)
+        kept_prefix = max((common_prefix(kept_bytes(f), image) for f in kept), default=0)
         lost = 0 if on_swift == "new" else max(0, acked - kept_prefix)
         if kept:
             outcome += f" recovered:{len(kept)}"
         if lost:
             problems.append(f"{lost} of {acked} acknowledged new bytes are neither on Swift nor in "
                             f"{r.cache_dir / 'recovered'} (files there: {[f.name for f in kept]})")
-        if not sealed and acked and not any(sha(f.read_bytes()) == sha(image) for f in kept):
+        if not sealed and acked and not any(sha(kept_bytes(f)) == sha(image) for f in kept):
             problems.append(f"partial data ({acked} bytes written, never closed) not kept exactly in "
                             f"recovered/{STORE}/{NAME}*")
-        if sealed and on_swift != "new" and not any(sha(f.read_bytes()) == sha(new) for f in kept):
+        if sealed and on_swift != "new" and not any(sha(kept_bytes(f)) == sha(new) for f in kept):
             problems.append("sealed data (close called) neither uploaded from the journal nor kept in recovered/")
         if kept:
             problems += check_reported(r.mnt, second, kept)
@@ -608,9 +640,11 @@ def drive(point: Point, writer: Writer, new: bytes, fault: Any) -> tuple[bool, b
     return True, False, acked
 
 
-def describe(data: bytes | None, old: bytes, new: bytes) -> str:
+def describe(data: bytes | None | Unreadable, old: bytes, new: bytes) -> str:
     if data is None:
         return "absent"
+    if isinstance(data, Unreadable):
+        return f"unreadable({data.error})"
     digest = sha(data)
     if digest == sha(old):
         return "old"
@@ -681,17 +715,17 @@ def test_sealed_data_not_uploaded_over_an_object_changed_meanwhile(
         r.conn.delete_object(r.container, NAME, query_string="multipart-manifest=delete")
         r.conn.put_object(r.container, NAME, third, content_type="application/octet-stream")
         second = r.remount()
-        wait_until(lambda: any(sha(f.read_bytes()) == sha(new) for f in r.recovered()), SETTLE)
+        wait_until(lambda: any(sha(kept_bytes(f)) == sha(new) for f in r.recovered()), SETTLE)
         data = r.stored()
         outcome = f"swift:{'third' if data == third else describe(data, old, new)}"
         if data != third:
             problems.append(f"the object replaced meanwhile is now {describe(data, old, new)}, not the "
                             "replacement (the journal uploaded over a changed ETag?)")
-        if r.file.read_bytes() != third:
+        if read_through(r.file) != third:
             problems.append("read through the new mount: not the replacement")
         kept = r.recovered()
-        lost = acked - max((common_prefix(f.read_bytes(), new) for f in kept), default=0)
-        if not any(sha(f.read_bytes()) == sha(new) for f in kept):
+        lost = acked - max((common_prefix(kept_bytes(f), new) for f in kept), default=0)
+        if not any(sha(kept_bytes(f)) == sha(new) for f in kept):
             problems.append(f"the sealed new data ({acked} bytes) is not in recovered/ ({lost} bytes missing; "
                             f"files: {[f.name for f in kept]})")
         if kept:
@@ -727,12 +761,12 @@ def test_partial_data_of_two_crashes_both_kept(swift_env: dict[str, Any], tmp_pa
             r.kill(mounted)
             after_kill(r, writer, point, problems)
             mounted = r.remount()
-            wait_until(lambda c=content, a=at: any(sha(f.read_bytes()) == sha(c[:a]) for f in r.recovered()),
+            wait_until(lambda c=content, a=at: any(sha(kept_bytes(f)) == sha(c[:a]) for f in r.recovered()),
                        SETTLE)
             if r.stored() != old:
                 problems.append(f"after the crash at {at} bytes the object is {describe(r.stored(), old, new)}")
         kept = r.recovered()
-        found = [any(sha(f.read_bytes()) == sha(c[:a]) for f in kept) for c, a in parts]
+        found = [any(sha(kept_bytes(f)) == sha(c[:a]) for f in kept) for c, a in parts]
         lost = sum(a for (_c, a), ok in zip(parts, found, strict=True) if not ok)
         outcome = f"swift:{describe(r.stored(), old, new)} recovered:{len(kept)}"
         if not all(found):
