@@ -1072,3 +1072,17 @@ def test_read_range_with_an_etag_never_mixes_versions(store: CloudFileStorage, r
         store.read_range(["e.bin"], 2, 3, etag=etag)
     assert stale.value.errno == errno.ESTALE
     assert store.read_range(["e.bin"], 2, 3) == b"cde"
+
+
+def test_dlo_in_a_directory_of_many_empty_files_costs_no_head_per_file(store: CloudFileStorage, raw: Any,
+                                                                       requests_log: list[tuple[str, str]]) -> None:
+    for index in range(40):  # more zero-byte files than DLO_HEAD_LIMIT
+        raw.put_object(store.container, f"many/e{index:02d}.txt", b"")
+    parts = [b"x" * 1000, b"y" * 500]
+    make_dlo(raw, store.container, "many/dlo.bin", parts)  # segments where the swift CLI puts them
+    del requests_log[:]
+    entries = {e.name: e for e in store.list_dir(["many"])}
+    assert entries["dlo.bin"].size == 1500
+    assert all(entries[f"e{index:02d}.txt"].size == 0 for index in range(40))
+    assert [method for method, _ in requests_log].count("HEAD") == 1  # the DLO only
+    assert [method for method, _ in requests_log].count("GET") == 2  # the listing, the segments' listing

@@ -129,6 +129,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: list_dir HEADs at most this many zero-byte files of one listing to find DLO manifests
+#: (more: only those with segments in <container>_segments/<name>/).
+DLO_HEAD_LIMIT = 32
 #: Threads uploading segments / copying and deleting objects in parallel.
 DEFAULT_WORKERS = 4
 #: Swift defaults, used when GET /info does not answer.
@@ -855,7 +858,20 @@ class CloudFileStorage(StorageInterface):
 
     def _resolve_dlo_sizes(self, prefix: str, entries: dict[str, Entry], leaves: list[str]) -> None:
         """Listings show a DLO manifest as 0 bytes: HEAD the zero-byte files (in parallel, only
-        them) and take a DLO's real size, etag and mtime from its HEAD."""
+        them) and take a DLO's real size, etag and mtime from its HEAD.
+
+        A directory with more than DLO_HEAD_LIMIT zero-byte files would cost a HEAD per file
+        (10,000 empty files: a minute): then only those with segments where the swift CLI and
+        rclone put them (``<container>_segments/<name>/...``, one listing request) are HEADed.
+        """
+        if len(leaves) > DLO_HEAD_LIMIT:
+            with_segments: set[str] = set()
+            try:
+                for item in self._iter_listing(prefix, delimiter="/", container=self.segment_container):
+                    with_segments.add(str(item.get("subdir", ""))[len(prefix):].rstrip("/"))
+            except FileNotFoundError:
+                pass
+            leaves = [leaf for leaf in leaves if leaf in with_segments]
         if not leaves:
             return
         for leaf, headers in zip(leaves, self._parallel(lambda leaf: self._head(prefix + leaf), leaves), strict=True):
