@@ -110,6 +110,12 @@ def parse_options(pairs: list[str], base: MountOptions | None = None) -> MountOp
                 opts.vfs.names = value
             elif key == "op_timeout":
                 opts.vfs.op_timeout = float(value)
+            elif key == "gc_grace":
+                opts.vfs.gc_grace = float(value)
+                if opts.vfs.gc_grace < 0:
+                    raise ValueError(value)
+            elif key == "nogc":
+                opts.vfs.gc_grace = None
             elif key == "logfile":
                 opts.logfile = value
             elif key == "debug":

@@ -61,6 +61,8 @@ class Options:
     #: The workbench (journal/ and recovered/ live there); None: the parent of staging_dir when
     #: that is named "staging", else no journal (tests that stage in a temporary directory).
     workbench_dir: str | None = None
+    #: At mount, segments no manifest references and older than this are deleted (None: never).
+    gc_grace: float | None = 86400.0
     #: How long names we created/deleted override a (possibly stale) remote listing.
     overlay_seconds: float = 60.0
 

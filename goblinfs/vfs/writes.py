@@ -837,8 +837,25 @@ class WritesMixin:
     async def recover(self) -> None:
         """At mount: finish or set aside what an earlier run left in the journal and staging."""
         journal = self.journal
-        if journal is None:
+        if journal is not None:
+            await self._recover_journal(journal)
+        grace = self.options.gc_grace
+        if grace is None:
             return
+        for store in self.stores.values():
+            collect = getattr(store.storage, "collect_garbage", None)
+            if store.local or collect is None:
+                continue
+            try:
+                deleted = await store.call(functools.partial(collect, grace_seconds=grace))
+            except Exception as exc:
+                log.warning("%s: collecting unreferenced segments at mount failed: %s", store.name, exc)
+                continue
+            if deleted:
+                log.warning("%s: deleted %d segment(s) no manifest referenced, older than %.0f s",
+                            store.name, len(deleted), grace)
+
+    async def _recover_journal(self, journal: Journal) -> None:
         known: set[str] = set()
         for record_id, record in list(journal.records()):
             known.add(os.path.abspath(str(record.get("staging", ""))))

@@ -586,6 +586,12 @@ class LargeObjects:
             return []
         if not segment_items:
             return []
+        newest: dict[str, int] = {}
+        for item in segment_items:
+            group = upload_group(item["name"])
+            newest[group] = max(newest.get(group, 0), parse_listing_time(item.get("last_modified")))
+        if all(when > cutoff_ns for when in newest.values()):
+            return []  # nothing old enough: no need to read every manifest
         items = list(self.store._iter_listing(""))
         slo_names = [item["name"] for item in items if "name" in item and maybe_slo(item)]
         dlo_candidates = [item["name"] for item in items if "name" in item and maybe_dlo(item)]
@@ -609,11 +615,6 @@ class LargeObjects:
             log.warning("garbage collection of %s skipped: %d manifest(s) changed while it ran; try again later",
                         self.store.segment_container, vanished)
             return []
-        newest: dict[str, int] = {}
-        for item in segment_items:
-            group = upload_group(item["name"])
-            modified = parse_listing_time(item.get("last_modified"))
-            newest[group] = max(newest.get(group, 0), modified)
         garbage = []
         for item in segment_items:
             name = item["name"]
