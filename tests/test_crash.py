@@ -17,6 +17,12 @@ mount, by sha256:
 * data whose close/flush returned 0 is the stored object;
 * no orphaned segment is left in ``<container>_segments`` a few seconds after the remount.
 
+Overwrites are made two ways: open with O_TRUNC and append (streamed to Swift past
+segment_size), and in place (no O_TRUNC, write from offset 0, ftruncate: staged, so a sealed
+one can be uploaded again from the journal).  Two more tests: an object replaced by another
+client between the crash and the remount (the journal must not upload over the new ETag), and
+two crashes in a row mid-write (both partial data kept, the second with a suffix).
+
 ``GOBLINFS_SLOW=1`` runs a denser sweep.  The points tried and the bytes lost are printed at
 the end of the module.  Nothing is left behind: the writer and both daemons are ended by PID,
 the mountpoint unmounted with fusermount3 (lazily if needed), the containers deleted.
