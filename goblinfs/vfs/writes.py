@@ -315,8 +315,8 @@ class WritesMixin:
     async def _create_remote(self, node: Node, append: bool) -> Handle:
         """A new remote file (create): empty staging, published at the first close."""
         async with node.lock:
-            rf = self._new_remote(node, S.TRUNCATED, None, True, None)
-            self._fire(rf, "write")  # a new name is content: even empty, the first close stores it
+            # A new name is content: even empty, the first close stores it.
+            rf = self._new_remote(node, S.DIRTY, None, True, None)
             node.writers += 1
             handle = self._new_handle(node, rf.fd, True, False, append=append)  # type: ignore[attr-defined]
             handle.remote = rf
