@@ -904,6 +904,8 @@ class WritesMixin:
             try:
                 size, slo_etag = await store.call(read_upload, path, str(upload_id), fd)
                 complete = size == record.get("bytes")
+                if complete:
+                    os.ftruncate(fd, size)
             except OSError as exc:
                 log.warning("recovery: %s: the segments of upload %s could not be read back: %s",
                             where, upload_id, exc)

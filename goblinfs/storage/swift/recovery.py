@@ -33,9 +33,10 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
 
 
 def read_upload(store: CloudFileStorage, filepath: Sequence[str], upload_id: str, fd: int) -> tuple[int, str]:
-    """Write the segments of upload *upload_id* of filepath into fd from offset 0; return (bytes,
-    the ETag of an SLO made of them).  FileNotFoundError when there are none; OSError(EIO) when
-    they are not contiguous from index 0 or a segment reads short."""
+    """Write the segments of upload *upload_id* of filepath into fd from offset 0 (fd is not
+    truncated); return (bytes of the segments, the ETag of an SLO made of them).
+    FileNotFoundError when there are none; OSError(EIO) when they are not contiguous from
+    index 0 or a segment reads short."""
     name = store._file_name(filepath)
     prefix = segment_prefix(name, upload_id, store.max_object_name_length)
     try:
@@ -59,5 +60,6 @@ def read_upload(store: CloudFileStorage, filepath: Sequence[str], upload_id: str
         if offset - start != int(item.get("bytes", -1)):
             raise OSError(errno.EIO, f"segment {item['name']} read {offset - start} of {item.get('bytes')} bytes")
         etags.update(str(item.get("hash", "")).encode())
-    os.ftruncate(fd, offset)
+    # The segments are a prefix of what the writer wrote, as is what fd held before (the staged
+    # start): both agree where they overlap, and fd keeps the longer one.
     return offset, etags.hexdigest()
