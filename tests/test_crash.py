@@ -460,6 +460,17 @@ class Rig:
         if not orphans:
             return []
         of_old = [o for o in orphans if o in self.old_segments]
+        if len(of_old) == len(orphans):
+            # Killed between the new manifest and the deletion of the old object's segments:
+            # nothing names them any more; goblinfs gc (and a mount, after the grace period)
+            # collects them.  Prove it with no grace, and that nothing else is touched.
+            gc = subprocess.run([sys.executable, "-m", "goblinfs", "gc", str(self.config), "--grace", "0"],
+                                capture_output=True, text=True, timeout=120)
+            left = orphan_segments(self.conn, self.container)
+            if gc.returncode == 0 and not left:
+                return []
+            return [f"{len(of_old)} orphaned segments of the replaced object; goblinfs gc --grace 0 "
+                    f"exited {gc.returncode} and left {len(left)}: {gc.stdout[-500:]}{gc.stderr[-500:]}"]
         others = sorted({o.rsplit("/", 1)[0] for o in orphans if o not in self.old_segments})
         return [f"{len(orphans)} orphaned segments in {self.container}_segments {ORPHAN_WAIT} s after the "
                 f"remount: {len(of_old)} of the old object's (replaced, never deleted), "
@@ -562,16 +573,25 @@ def test_kill_during_overwrite(point: Point, swift_env: dict[str, Any], tmp_path
         kept = r.recovered()
         kept_prefix = max((common_prefix(kept_bytes(f), image) for f in kept), default=0)
         lost = 0 if on_swift == "new" else max(0, acked - kept_prefix)
+        # What the README promises to keep of a close that never returned: everything staged
+        # locally (in place: all of it; a stream: at least its staged start, segment_size bytes,
+        # plus what its segments hold).  Bytes a stream had in memory die with the daemon: only
+        # a close or fsync that returned promises durability.
+        promised = acked if point.mode == "inplace" else min(acked, SEG)
         if kept:
             outcome += f" recovered:{len(kept)}"
-        if lost:
+        if lost and not confirmed and kept_prefix < promised:
             problems.append(f"{lost} of {acked} acknowledged new bytes are neither on Swift nor in "
-                            f"{r.cache_dir / 'recovered'} (files there: {[f.name for f in kept]})")
-        if not sealed and acked and not any(sha(kept_bytes(f)) == sha(image) for f in kept):
-            problems.append(f"partial data ({acked} bytes written, never closed) not kept exactly in "
-                            f"recovered/{STORE}/{NAME}*")
-        if sealed and on_swift != "new" and not any(sha(kept_bytes(f)) == sha(new) for f in kept):
-            problems.append("sealed data (close called) neither uploaded from the journal nor kept in recovered/")
+                            f"{r.cache_dir / 'recovered'}; at least {promised} were staged (files there: "
+                            f"{[f.name for f in kept]})")
+        for f in kept:
+            data = kept_bytes(f)
+            if data != image[:len(data)]:
+                problems.append(f"recovered/{f.name} is not a prefix of what the writer wrote "
+                                f"({len(data)} bytes, {common_prefix(data, image)} agree)")
+        if on_swift != "new" and acked and not any(common_prefix(kept_bytes(f), image) >= promised for f in kept):
+            problems.append(f"data ({acked} bytes written, close not confirmed) not kept in "
+                            f"recovered/{STORE}/{NAME}* (at least the first {promised} bytes)")
         if kept:
             problems += check_reported(r.mnt, second, kept)
         problems += r.orphan_problems()
@@ -583,6 +603,12 @@ def test_kill_during_overwrite(point: Point, swift_env: dict[str, Any], tmp_path
         RESULTS.append((point.id, outcome, acked, lost))
         if problems:
             pytest.fail(f"{point.id} ({outcome}, acked {acked}):\n- " + "\n- ".join(problems), pytrace=False)
+
+
+def _kept_start(data: bytes, written: bytes) -> bool:
+    """Partial data of a stream is kept from its start: a prefix of what was written, at least
+    the staged segment_size bytes (what was still in the stream's memory dies with the daemon)."""
+    return data == written[:len(data)] and len(data) >= min(len(written), SEG)
 
 
 def stop_cleanly(mounted: Mounted) -> list[str]:
@@ -767,12 +793,12 @@ def test_partial_data_of_two_crashes_both_kept(swift_env: dict[str, Any], tmp_pa
             r.kill(mounted)
             after_kill(r, writer, point, problems)
             mounted = r.remount()
-            wait_until(lambda c=content, a=at: any(sha(kept_bytes(f)) == sha(c[:a]) for f in r.recovered()),
+            wait_until(lambda c=content, a=at: any(_kept_start(kept_bytes(f), c[:a]) for f in r.recovered()),
                        SETTLE)
             if r.stored() != old:
                 problems.append(f"after the crash at {at} bytes the object is {describe(r.stored(), old, new)}")
         kept = r.recovered()
-        found = [any(sha(kept_bytes(f)) == sha(c[:a]) for f in kept) for c, a in parts]
+        found = [any(_kept_start(kept_bytes(f), c[:a]) for f in kept) for c, a in parts]
         lost = sum(a for (_c, a), ok in zip(parts, found, strict=True) if not ok)
         outcome = f"swift:{describe(r.stored(), old, new)} recovered:{len(kept)}"
         if not all(found):
