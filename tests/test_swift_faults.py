@@ -346,3 +346,19 @@ def test_dropped_get_of_an_slo_resumes(store: CloudFileStorage, faults: FaultSwi
         assert f.read() == data
     assert rule.hits == 1
     assert statuses(faults, "GET", r"/slo\.bin$") == ["truncate", 206]
+
+
+def test_refused_connections_are_retried_for_10_seconds(faults: FaultSwift, container: str, raw: Any) -> None:
+    """Nothing listening (Swift down, its proxy restarting): retried, but not for the whole 25 s."""
+    s = make_cloud_storage(faults.env, container)
+    try:
+        raw.put_object(container, "r.txt", b"r")
+        faults.proxy.set_dead(True)
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            s.stat_file(["r.txt"])
+        assert 8 <= time.monotonic() - started <= 11.5
+        faults.proxy.set_dead(False)
+        assert s.stat_file(["r.txt"]).size == 1
+    finally:
+        s.close()

@@ -21,6 +21,8 @@ Retries and timeouts (defaults, all per request):
   top of these and hold a worker for minutes.  Bodies are resent from their start: local
   files by ``reset()``, bytes as they are, streamed segments from the chunks the stream keeps
   until Swift acknowledged the segment (:meth:`SwiftSession.put_chunked`).
+* A refused connection (nothing listening: Swift down, or its proxy restarting) is retried
+  for 10 s at most (``REFUSED_DEADLINE``), so a Swift that is down gives errors sooner.
 * A DELETE retried after an attempt whose answer was lost counts a 404 as done.
 * A connection that failed is closed, so the next request opens a fresh one: once Swift
   answers again, new requests succeed at once.
@@ -57,6 +59,8 @@ DEFAULT_RETRY_DEADLINE = 25.0
 #: First back-off before a retry, and the longest (seconds).
 FIRST_BACKOFF = 0.25
 MAX_BACKOFF = 4.0
+#: A refused connection (nothing listens: Swift down or restarting) is retried this long at most.
+REFUSED_DEADLINE = 10.0
 #: An attempt is only started with at least this much time left before the deadline.
 MIN_ATTEMPT = 1.0
 #: HTTP statuses worth another attempt (besides 5xx).
@@ -77,6 +81,18 @@ class _ChunkSourceError(Exception):
 
 class _TokenRefused(Exception):
     """Swift answered 401 to a request sent with a token: log in again and resend."""
+
+
+def is_refused(exc: BaseException) -> bool:
+    """Whether a failure is a refused connection (somewhere in its chain of causes)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or "Connection refused" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -253,6 +269,7 @@ class SwiftSession:
         The last error is re-raised as it is; callers map it.
         """
         end = deadline if deadline is not None else self.deadline()
+        refused_end = time.monotonic() + min(REFUSED_DEADLINE, self.retry_deadline)
         backoff = FIRST_BACKOFF
         tries = 0
         while True:
@@ -266,7 +283,8 @@ class SwiftSession:
                     raise
                 tries += 1
                 # The last wait is shortened so that one more attempt fits before the deadline.
-                wait = min(random.uniform(backoff / 2, backoff), end - MIN_ATTEMPT - time.monotonic())
+                last = min(end, refused_end) if is_refused(exc) else end
+                wait = min(random.uniform(backoff / 2, backoff), last - MIN_ATTEMPT - time.monotonic())
                 if (self.retries is not None and tries > self.retries) or wait < 0:
                     log.warning("Swift request %s failed after %d attempt(s): %s", what, tries, exc)
                     raise
