@@ -7,7 +7,9 @@ The MediaGoblin part (``StorageInterface``, the errors, ``clean_listy_filepath``
 the one MediaGoblin would use.
 
 The filesystem extension (``list_dir``, ``stat``, ``read_range``, ``move``, ``make_dir``,
-``set_mtime``, ``store_local_file``, ``space``) is implemented by every backend.  A path
+``set_mtime``, ``store_local_file``, ``space``; ``start_upload``, ``discard_upload`` and
+``collect_garbage`` with upload ids from :func:`new_upload_id`) is implemented by every
+backend (the last three do nothing where a store leaves nothing behind).  A path
 wrapped in :class:`ExactPath` is used as given (validated, not cleaned): that is how the
 mount reaches objects written by other tools whose names are not clean.
 
