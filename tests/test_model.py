@@ -19,10 +19,18 @@ against a small in-memory model of the contract:
   O_APPEND writes go at the end.
 * Local store: writes go straight into the backing file, so the store always equals the content.
 
+A third machine runs the same rules on Swift through the fault proxy (tests/faultproxy.py) with
+a rule injecting one-shot faults; a failed operation leaves that file "old or new".
+
 The hypothesis engine runs in a worker thread; every vfs call is sent to the test's trio loop
-with ``trio.from_thread.run``.  ``GOBLINFS_HYPOTHESIS_EXAMPLES=N`` runs N examples per machine
-(``GOBLINFS_HYPOTHESIS_STEPS``, ``GOBLINFS_HYPOTHESIS_SHRINK=1`` too).  The minimal sequences
-hypothesis found are kept below as plain regression tests.
+with ``trio.from_thread.run`` (a call that does not return within HANG_SECONDS fails).  Each
+example gets a fresh Vfs and a fresh directory of the store.  Environment:
+``GOBLINFS_HYPOTHESIS_EXAMPLES=N`` examples per machine, ``GOBLINFS_HYPOTHESIS_STEPS=N`` steps
+per example, ``GOBLINFS_HYPOTHESIS_SHRINK=1`` to shrink a failure (off by default: shrinking a
+Swift sequence takes minutes).  Failures are kept in an example database outside the tree and
+replayed first.  Each machine prints (``-s`` or ``-rP``) and records (junit properties) how many
+examples and steps ran, in how long, and which rules.  The minimal sequences found so far are
+kept at the end as plain regression tests.
 """
 
 from __future__ import annotations
@@ -257,12 +265,15 @@ class Model:
         return True
 
     def truncate(self, f: MFile, size: int) -> None:
+        pending = f.dirty
         f.contents = _dedupe([_resize(c, size) for c in f.contents])
         self.changed(f)
         if self.writers(f) == 0:
             # truncate(2) of a file nobody writes is a complete operation: durable now if
-            # nothing is open, at the latest at the last release otherwise.
-            self.publish(f, mandatory=self.opened(f) == 0)
+            # nothing is open, at the latest at the last release otherwise.  (Only with faults
+            # can a closed file still be dirty: its upload failed at release and waits for a
+            # retry; the truncation joins it.)
+            self.publish(f, mandatory=self.opened(f) == 0 and not pending)
 
     def flush(self, h: MHandle) -> None:
         f = self.files[h.fid]
@@ -1024,7 +1035,7 @@ class VfsMachine(RuleBasedStateMachine):
             assert got in allowed, (f"Swift: {name} holds {_short(got)}; the model allows "
                                     f"{[_short(c) for c in allowed]}")
             model.store[name] = [got]
-            if model.faults and f is not None and f.dirty:
+            if self.ctx.proxy is not None and f is not None and f.dirty:
                 # A failed upload keeps its data staged for a retry (a later flush, a rename,
                 # the unmount): the store may still move on to it without a step saying so.
                 model.store[name] = _dedupe([got, *f.contents])
@@ -1086,7 +1097,7 @@ def _machine(ctx: Context) -> type[VfsMachine]:
     return Machine
 
 
-async def run_model(ctx: Context, config: settings) -> None:
+async def run_model(ctx: Context, config: settings, record: Callable[[str, object], None]) -> None:
     """Run the state machine in a worker thread, every vfs call on this trio loop."""
     ctx.token = trio.lowlevel.current_trio_token()
     machine = _machine(ctx)
@@ -1097,6 +1108,9 @@ async def run_model(ctx: Context, config: settings) -> None:
             await trio.to_thread.run_sync(functools.partial(run_state_machine_as_test, machine, settings=config))
         finally:
             elapsed = time.monotonic() - started
+            record("examples", ctx.examples)
+            record("steps", ctx.steps)
+            record("seconds", round(elapsed, 1))
             print(f"\n[{ctx.kind}] {ctx.examples} examples, {ctx.steps} steps, {elapsed:.1f} s "
                   f"(vfs {ctx.vfs_time:.1f} s, store reads {ctx.store_time:.1f} s)"
                   + (f", {ctx.failures_injected} faults injected, {ctx.errors_seen} operations failed "
@@ -1166,19 +1180,23 @@ def _swift_context(tmp_path: Path, swift_env: dict[str, Any], container: str, vi
     return Context("swift", storage, direct, tmp_path, cache=ReadCache(str(tmp_path / "cache"), 1 << 30))
 
 
-async def test_model_local(tmp_path: Path) -> None:
-    await run_model(_local_context(tmp_path), _settings(40, 50))
+async def test_model_local(tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
+    """The machine on a local directory: the store always equals the content."""
+    await run_model(_local_context(tmp_path), _settings(100, 50), record_property)
 
 
-async def test_model_swift(tmp_path: Path, swift_env: dict[str, Any]) -> None:
+async def test_model_swift(tmp_path: Path, swift_env: dict[str, Any],
+                           record_property: Callable[[str, object], None]) -> None:
+    """The machine on the real Swift, 64 KiB segments (SLOs, streamed appends)."""
     container = f"gfs-{uuid.uuid4().hex[:12]}"
     try:
-        await run_model(_swift_context(tmp_path, swift_env, container), _settings(15, 25))
+        await run_model(_swift_context(tmp_path, swift_env, container), _settings(50, 30), record_property)
     finally:
         drop_container(swift_env, container)
 
 
-async def test_model_swift_with_faults(tmp_path: Path, swift_env: dict[str, Any], fault_swift: Any) -> None:
+async def test_model_swift_with_faults(tmp_path: Path, swift_env: dict[str, Any], fault_swift: Any,
+                                      record_property: Callable[[str, object], None]) -> None:
     """The same machine, the vfs talking to Swift through the fault proxy (one retry), with a
     rule injecting one-shot faults: an operation may fail (OSError), then the model allows old
     or new for that file; every read that succeeds must still match, and once the faults are
@@ -1187,7 +1205,7 @@ async def test_model_swift_with_faults(tmp_path: Path, swift_env: dict[str, Any]
     ctx = _swift_context(tmp_path, swift_env, container, via=fault_swift.env, retries="1")
     ctx.proxy = fault_swift.proxy
     try:
-        await run_model(ctx, _settings(10, 30))
+        await run_model(ctx, _settings(35, 30), record_property)
     finally:
         fault_swift.proxy.clear()
         drop_container(swift_env, container)
