@@ -307,7 +307,9 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
                 raise OSError(errno.ENOTDIR, "target is not a directory")
             ino = self.by_path.get((store.name, new_path))
             replaced = self.nodes.get(ino) if ino is not None else None
-        await self.publish_pending(node)
+        for moving in [n for n in list(self.nodes.values())
+                       if n.store is store and n.remote is not None and n.path[:len(node.path)] == node.path]:
+            await self.publish_pending(moving)  # what is written is stored before it moves
         await store.call(store.storage.move, node.path, new_path)
         if self.cache is not None and not store.local:
             self.cache.invalidate(store.storage, node.path)

@@ -789,10 +789,20 @@ class WritesMixin:
         return rf is not None and rf.state in PENDING + (S.PUBLISHING,)
 
     def after_rename(self, node: Node) -> None:
-        """A renamed node's journal record follows its new path (called after repath)."""
+        """Files being written at or below a renamed node follow its new path (called after
+        repath): a stream not started yet is begun again for the new name (it names its object
+        when it starts), and journal records are rewritten."""
         for other in self.nodes.values():
-            if other.remote is not None and other.remote.state in JOURNALED:
-                self._journal(other.remote)
+            rf = other.remote
+            if rf is None or other.store is not node.store or other.path[:len(node.path)] != node.path:
+                continue
+            if rf.upload is not None and not rf.upload.started:
+                end = rf.upload_end
+                self._abort_upload(rf)
+                self._begin_upload(rf)
+                rf.upload_end = end
+            if rf.state in JOURNALED:
+                self._journal(rf)
 
     # ------------------------------------------------------------------ unmount and recovery
 
