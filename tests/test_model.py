@@ -653,9 +653,11 @@ class VfsMachine(RuleBasedStateMachine):
             note(f"  -> {h}")
 
     @precondition(has_writable)
-    @rule(which=st.integers(0, 255), where=st.sampled_from(OFFSET_KINDS), pos=st.integers(0, 1 << 20),
-          length=lengths, seed=st.integers(0, 255))
-    def write(self, which: int, where: str, pos: int, length: int, seed: int) -> None:
+    @rule(which=st.integers(0, 255), at=st.tuples(st.sampled_from(OFFSET_KINDS), st.integers(0, 1 << 20),
+                                                   lengths, st.integers(0, 255)))
+    def write(self, which: int, at: tuple[str, int, int, int]) -> None:
+        """pwrite (at: where, pos, length, data seed); O_APPEND handles write at the end."""
+        where, pos, length, seed = at
         h = self.pick(which, lambda h: h.writable)
         if h is None:
             return
@@ -674,9 +676,11 @@ class VfsMachine(RuleBasedStateMachine):
             self.model.write(h, offset, data)
 
     @precondition(has_readable)
-    @rule(which=st.integers(0, 255), where=st.sampled_from(OFFSET_KINDS), pos=st.integers(0, 1 << 20),
-          size=st.one_of(st.integers(1, 4096), st.just(1 << 20)))
-    def read(self, which: int, where: str, pos: int, size: int) -> None:
+    @rule(which=st.integers(0, 255), at=st.tuples(st.sampled_from(OFFSET_KINDS), st.integers(0, 1 << 20),
+                                                   st.one_of(st.integers(1, 4096), st.just(1 << 20))))
+    def read(self, which: int, at: tuple[str, int, int]) -> None:
+        """pread (at: where, pos, size): exactly the model's bytes, short only at the end."""
+        where, pos, size = at
         h = self.pick(which, lambda h: h.readable)
         if h is None:
             return
@@ -711,8 +715,10 @@ class VfsMachine(RuleBasedStateMachine):
             assert ok, f"getattr via {h}: size {attr.size}, the model allows {sorted({len(c) for c in f.contents})}"
 
     @precondition(has_writable)
-    @rule(which=st.integers(0, 255), kind=st.sampled_from(SIZE_KINDS), pos=st.integers(0, 1 << 20))
-    def ftruncate(self, which: int, kind: str, pos: int) -> None:
+    @rule(which=st.integers(0, 255), to=st.tuples(st.sampled_from(SIZE_KINDS), st.integers(0, 1 << 20)))
+    def ftruncate(self, which: int, to: tuple[str, int]) -> None:
+        """setattr(size) with the handle (to: kind of size, pos)."""
+        kind, pos = to
         h = self.pick(which, lambda h: h.writable)
         if h is None:
             return
