@@ -513,8 +513,10 @@ class WritesMixin:
 
     def _touch_parent(self, node: Node) -> None:
         """Keep the parent's cached listing in step with what we know of a node we changed."""
-        if node.store is None or not node.path:
+        if node.store is None or not node.path or node.unlinked:
             return
+        if self.by_path.get((node.store.name, node.path)) != node.ino:
+            return  # the name is another file's now (unlinked or replaced while open)
         parent_ino = self.by_path.get((node.store.name, node.path.parent))
         parent = self.nodes.get(parent_ino) if parent_ino is not None else None
         if parent is not None and parent.children is not None and node.path[-1] in parent.children:

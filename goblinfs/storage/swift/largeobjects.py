@@ -38,7 +38,7 @@ DEFAULT_SEGMENT_SIZE = 100 * 1048576
 SEND_CHUNK = 1048576
 #: Largest first segment of a stream (the store's segment_size when smaller).  A segment's
 #: bytes stay in memory until Swift acknowledged it, so a failed PUT can be sent again.
-STREAM_SEGMENT_SIZE = 32 * 1048576
+STREAM_SEGMENT_SIZE = 16 * 1048576
 #: A stream's segments double in size every this many segments.
 SEGMENTS_PER_DOUBLING = 200
 #: Size of the reads of a local file being hashed.
@@ -214,7 +214,7 @@ class SegmentStream(_Segments, Upload):
 
     ``offer``/``put`` queue the appended bytes (a window of ``window`` chunks, so memory
     stays bounded and a fast writer waits for the network); one thread sends them as
-    chunked PUTs of segments (``segment_size_at``: at most 32 MiB at first).  Each segment's
+    chunked PUTs of segments (``segment_size_at``: at most 16 MiB at first).  Each segment's
     bytes are kept until Swift acknowledged its PUT, so a failed PUT (5xx, dropped
     connection, expired token) is sent again within the retry deadline: memory is the
     window plus at most two segments (one waiting for its answer, one being sent).
@@ -334,7 +334,7 @@ class SegmentStream(_Segments, Upload):
     def segment_size_at(self, index: int) -> int:
         """The size of segment *index* of the stream: ``stream_segment_size`` (at most the
         store's segment_size), doubled every ``SEGMENTS_PER_DOUBLING`` segments so that the
-        manifest's segment limit still allows very large files (~198 GB with 32 MiB), never
+        manifest's segment limit still allows very large files (~99 GB with 16 MiB), never
         above the cluster's max_file_size."""
         size = self.segment_size * 2 ** (index // SEGMENTS_PER_DOUBLING)
         return max(min(size, self.store.max_file_size), 1)
