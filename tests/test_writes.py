@@ -290,3 +290,37 @@ async def test_changed_object_or_unclosed_data_is_kept_not_published(
     assert _journal(bench) == []
     status = bench.vfs.status()
     assert {item["path"] for item in status["recovered"]} == {"c.txt", "d.txt"}
+
+
+async def test_small_files_written_and_closed_need_no_journal_record(
+        bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staging file's name says where it belongs; a record is written only when recovery
+    needs more (a stream's segments, a failed publication): none for cp of small files."""
+    from goblinfs.vfs.journal import Journal
+
+    writes: list[str] = []
+    real = Journal.write
+
+    def counting(self: Journal, record_id: str, record: dict[str, Any]) -> None:
+        writes.append(record["state"])
+        real(self, record_id, record)
+
+    monkeypatch.setattr(Journal, "write", counting)
+    for i in range(5):
+        await bench.create(f"small{i}.txt", b"x" * 1000)
+    ino = (await bench.vfs.lookup(ROOT_INO, b"small0.txt")).ino
+    handle = await bench.vfs.open(ino, os.O_WRONLY | os.O_TRUNC)
+    name = os.listdir(bench.workbench / "staging")
+    assert name and name[0].startswith("staging-public%2Fsmall0.txt.")
+    await bench.vfs.write(handle.fh, 0, b"y" * 100)
+    await bench.vfs.flush(handle.fh)
+    await bench.vfs.release(handle.fh)
+    assert writes == []
+    # A stream is journaled (its upload id): appending past segment_size from empty.
+    handle, _node = await bench.vfs.create(ROOT_INO, b"big.bin", os.O_WRONLY | os.O_CREAT)
+    for offset in range(0, 3 * 1048576, 262144):
+        await bench.vfs.write(handle.fh, offset, os.urandom(262144))
+    assert writes == ["streaming"]
+    await bench.vfs.flush(handle.fh)
+    await bench.vfs.release(handle.fh)
+    assert _journal(bench) == []
