@@ -39,6 +39,8 @@ SEND_CHUNK = 1048576
 #: Largest first segment of a stream (the store's segment_size when smaller).  A segment's
 #: bytes stay in memory until Swift acknowledged it, so a failed PUT can be sent again.
 STREAM_SEGMENT_SIZE = 16 * 1048576
+#: Stream segments sent or waiting for Swift's answer at once (each kept until acknowledged).
+STREAM_IN_FLIGHT = 2
 #: A stream's segments double in size every this many segments.
 SEGMENTS_PER_DOUBLING = 200
 #: Size of the reads of a local file being hashed.
@@ -314,9 +316,9 @@ class SegmentStream(_Segments, Upload):
                 sent_all.wait()
                 if future.done() and future.exception() is not None:
                     break
-                # At most two segments in flight (each kept in memory until acknowledged): wait
-                # for the previous one's answer before the next one is cut.
-                if len(futures) >= 2 and futures[-2].exception() is not None:
+                # At most STREAM_IN_FLIGHT segments in flight (each kept in memory until
+                # acknowledged): wait for the oldest one's answer before the next one is cut.
+                if len(futures) >= STREAM_IN_FLIGHT and futures[-STREAM_IN_FLIGHT].exception() is not None:
                     break
                 index += 1
             self.segments = [future.result() for future in futures]
