@@ -210,6 +210,7 @@ def prepare(config: GoblinConfig, mountpoint: str, opts: MountOptions, only_stor
     except OSError as exc:
         raise MountFailed(f"cannot create {exc.filename or workbench}: {exc.strerror}") from None
     opts.vfs.staging_dir = staging
+    opts.vfs.workbench_dir = manager.base_workbench_dir
     stores = []
     any_remote = False
     for name in names:

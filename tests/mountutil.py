@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,13 @@ class Mounted:
 
     def __enter__(self) -> Mounted:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
+        return self._start()
+
+    def _ready(self) -> bool:
+        return is_mounted(self.mountpoint)
+
+    def _start(self) -> Mounted:
+        """Start the daemon; return once _ready() (or stop it and raise)."""
         args = [sys.executable, "-m", "goblinfs", "mount"]
         if self.config is not None:
             args.append(str(self.config))
@@ -93,11 +101,11 @@ class Mounted:
         env = dict(os.environ)
         env.update(self.env or {})
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
         deadline = time.monotonic() + self.timeout
         try:
-            while not is_mounted(self.mountpoint):
+            while not self._ready():
                 if self.proc.poll() is not None:
                     raise AssertionError(f"daemon exited ({self.proc.returncode}) before mounting:\n{self.log()}")
                 if time.monotonic() > deadline:
@@ -163,6 +171,17 @@ def mount_ids(path: Path | str) -> list[int]:
         return [int(line.split()[0]) for line in f if line.split()[4].replace("\\040", " ") == path]
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll predicate until it is true (True) or timeout seconds passed (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
 def live_mount(path: Path | str) -> bool:
     """A mount is at path and answers: statvfs reaches a daemon (a dead mount gives ENOTCONN).
 
@@ -184,27 +203,8 @@ class Remounted(Mounted):
     reused, so a new ID cannot tell the new mount from the dead one).
     """
 
-    def __enter__(self) -> Remounted:
-        args = [sys.executable, "-m", "goblinfs", "mount"]
-        if self.config is not None:
-            args.append(str(self.config))
-        args += [str(self.mountpoint), "-f"] + self.extra_args
-        if self.options:
-            args += ["-o", self.options]
-        env = dict(os.environ)
-        env.update(self.env or {})
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
-        deadline = time.monotonic() + self.timeout
-        try:
-            while not live_mount(self.mountpoint):
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"daemon exited ({self.proc.returncode}) before mounting:\n{self.log()}")
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"not mounted after {self.timeout} s:\n{self.log()}")
-                time.sleep(0.05)
-        except BaseException:
-            self.stop(clean=False)
-            raise
-        return self
+    def __enter__(self) -> Mounted:
+        return self._start()
+
+    def _ready(self) -> bool:
+        return live_mount(self.mountpoint)

@@ -49,7 +49,7 @@ from typing import Any
 import pytest
 
 from .conftest import drop_container
-from .mountutil import ROOT, Mounted, Remounted, force_unmount, is_mounted, mount_ids, write_swift_config
+from .mountutil import ROOT, Mounted, Remounted, force_unmount, is_mounted, mount_ids, wait_until, write_swift_config
 
 SEG = 1048576  # segment_size of write_swift_config
 MIB = 1048576
@@ -373,14 +373,6 @@ def goblinfs_status(mountpoint: Path) -> dict[str, Any]:
     return status
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
 
 
 def contents(point: Point) -> tuple[bytes, bytes]:

@@ -35,14 +35,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import drop_container
-from .mountutil import Mounted, force_unmount, is_mounted, write_swift_config
+from .mountutil import Mounted, force_unmount, is_mounted, wait_until, write_swift_config
 
 MiB = 1048576
 OPTS = "attr_timeout=1,dir_timeout=1"
@@ -52,14 +52,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 class Bench:

@@ -458,7 +458,8 @@ class VfsMachine(RuleBasedStateMachine):
         #: Names a step may have changed in the store (checked after it; all of them every few steps).
         self.touched: set[str] = set(NAMES)
         self.dirname = f"m{uuid.uuid4().hex[:10]}"
-        options = Options(staging_dir=str(ctx.workdir / "staging"), op_timeout=OP_TIMEOUT)
+        options = Options(staging_dir=str(ctx.workdir / "staging"), workbench_dir=str(ctx.workdir),
+                          op_timeout=OP_TIMEOUT)
         os.makedirs(options.staging_dir, exist_ok=True)
         self.vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
         self.vfs.nursery = ctx.nursery
@@ -1319,7 +1320,7 @@ async def direct(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     else:
         container = f"gfs-{uuid.uuid4().hex[:12]}"
         ctx = _swift_context(tmp_path, request.getfixturevalue("swift_env"), container)
-    options = Options(staging_dir=str(tmp_path / "staging"), op_timeout=OP_TIMEOUT)
+    options = Options(staging_dir=str(tmp_path / "staging"), workbench_dir=str(tmp_path), op_timeout=OP_TIMEOUT)
     os.makedirs(options.staging_dir, exist_ok=True)
     vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
     try:
@@ -1414,7 +1415,7 @@ async def faulty(tmp_path: Path, swift_env: dict[str, Any], fault_swift: Any) ->
     """A Direct whose vfs talks to Swift through the fault proxy (one retry); .proxy to inject."""
     container = f"gfs-{uuid.uuid4().hex[:12]}"
     ctx = _swift_context(tmp_path, swift_env, container, via=fault_swift.env, retries="1")
-    options = Options(staging_dir=str(tmp_path / "staging"), op_timeout=OP_TIMEOUT)
+    options = Options(staging_dir=str(tmp_path / "staging"), workbench_dir=str(tmp_path), op_timeout=OP_TIMEOUT)
     os.makedirs(options.staging_dir, exist_ok=True)
     vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
     try:

@@ -39,7 +39,8 @@ class Bench:
         self.vfs = self.new_vfs()
 
     def new_vfs(self) -> Vfs:
-        options = Options(staging_dir=str(self.workbench / "staging"), dir_timeout=0.5, attr_timeout=0.5,
+        options = Options(staging_dir=str(self.workbench / "staging"), workbench_dir=str(self.workbench),
+                          dir_timeout=0.5, attr_timeout=0.5,
                           op_timeout=60)
         cache = ReadCache(str(self.workbench / "cache"), 1 << 30)
         return Vfs([StoreMount("public", self.storage, options)], options, cache=cache, single=True)
@@ -103,7 +104,7 @@ async def test_o_trunc_then_flush_keeps_the_old_object(bench: Bench) -> None:
     new = os.urandom(2 * 1048576 + 5)
     for offset in range(0, len(new), 262144):
         await bench.vfs.write(handle.fh, offset, new[offset:offset + 262144])
-        assert bench.stored("x.bin") == old if offset < 1048576 else True
+        assert bench.stored("x.bin") == old  # streaming past segment_size: nothing visible yet
     await bench.vfs.flush(handle.fh)
     assert bench.stored("x.bin") == new
     await bench.vfs.release(handle.fh)

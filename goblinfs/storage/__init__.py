@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -38,6 +39,19 @@ COPY_CHUNK = 4 * 1048576
 
 #: Longest name component a store accepts (bytes, UTF-8), as NAME_MAX.
 NAME_MAX = 255
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> int:
+    """Write all of data into fd at offset: a short ``pwrite`` is continued, one that writes
+    nothing is ENOSPC, errors raise (a short write is never taken for success)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        written = os.pwrite(fd, view[done:], offset + done)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "no space left on device")
+        done += written
+    return done
 
 
 class Error(Exception):

@@ -109,13 +109,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
 
     def status(self) -> dict[str, Any]:
         """What ``goblinfs status`` shows: pending uploads, journal, recovered files, cache, errors."""
-        used, limit = 0, 0
-        if self.cache is not None:
-            usage = getattr(self.cache, "usage", None)
-            if usage is not None:
-                used, limit = usage()
-            else:
-                limit = int(getattr(self.cache, "max_bytes", 0))
+        used, limit = self.cache.usage() if self.cache is not None else (0, 0)
         errors = self.error_log.recent() if self.error_log is not None else []
         return {
             "pid": os.getpid(),

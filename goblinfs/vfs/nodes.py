@@ -58,8 +58,7 @@ class Options:
     stream_threshold: int = 4 * 1048576
     #: Where remote writes are staged (the workbench).
     staging_dir: str = field(default_factory=tempfile.gettempdir)
-    #: The workbench (journal/ and recovered/ live there); None: the parent of staging_dir when
-    #: that is named "staging", else no journal (tests that stage in a temporary directory).
+    #: The workbench, where journal/ and recovered/ live (None: no journal, no recovery).
     workbench_dir: str | None = None
     #: At mount, segments no manifest references and older than this are deleted (None: never).
     gc_grace: float | None = 86400.0

@@ -363,7 +363,7 @@ def _reader_etag(source: Any) -> str | None:
     return etag if isinstance(etag, str) and etag else None
 
 
-def _write_all(fd: int, data: bytes, offset: int, cache: ReadCache) -> str | None:
+def _write_part(fd: int, data: bytes, offset: int, cache: ReadCache) -> str | None:
     """Write all of data at offset (a short write goes on where it stopped); on ENOSPC/EDQUOT
     evict least recently used copies and go on.  None, or why the bytes cannot be written."""
     view = memoryview(data)
@@ -524,7 +524,7 @@ class ReadsMixin:
                     log.info("download of %s: GET failed at %d bytes (%s); resuming", "/".join(path), done, exc)
                     continue
                 want = min(want * 2, 1048576)
-                problem = _write_all(fd, chunk, done, cache)
+                problem = _write_part(fd, chunk, done, cache)
                 if problem is not None:
                     return Event.WRITE_FAILED, problem
                 done += len(chunk)

@@ -37,7 +37,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..storage import Entry, ExactPath, Upload, new_upload_id
+from ..storage import Entry, ExactPath, Upload, new_upload_id, pwrite_all
 from .journal import Journal, list_recovered, recovered_path
 from .nodes import Handle, Node, StoreMount, _with
 
@@ -149,7 +149,6 @@ class RemoteFile:
     #: Read-only handles reading through this file (each owns a dup of fd).
     readers: set[Handle] = field(default_factory=set)
     since: float = field(default_factory=time.time)
-    last_event: str = ""
     #: The staging file's name cannot say where it belongs (path too long): always journaled.
     unnamed: bool = False
     #: A journal record exists.
@@ -165,25 +164,12 @@ class RemoteFile:
         if new is not self.state:
             log.debug("%s: %s --%s--> %s", "/".join(self.node.path), self.state.value, event, new.value)
         self.state = new
-        self.last_event = event
         return new
 
     def size(self) -> int:
         if self.state is S.STREAMING:
             return self.upload_end
         return os.fstat(self.fd).st_size
-
-
-def _write_all(fd: int, data: bytes | memoryview, offset: int) -> int:
-    """pwrite all of data at offset (a short write is continued; errors raise)."""
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        written = os.pwrite(fd, view[done:], offset + done)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, "no space left in the workbench")
-        done += written
-    return done
 
 
 def _copy_into(source: str, fd: int) -> None:
@@ -198,7 +184,7 @@ def _copy_into(source: str, fd: int) -> None:
                 if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                     raise
                 chunk = os.pread(src.fileno(), min(size - offset, 1048576), offset)
-                copied = _write_all(fd, chunk, offset) if chunk else 0
+                copied = pwrite_all(fd, chunk, offset) if chunk else 0
             if not copied:
                 raise OSError(errno.EIO, f"{source} shrank while being copied")
             offset += copied
@@ -256,12 +242,7 @@ class WritesMixin:
     # ------------------------------------------------------------------ workbench places
 
     def _workbench(self) -> str | None:
-        if self.options.workbench_dir:
-            return self.options.workbench_dir
-        staging = os.path.abspath(self.options.staging_dir)
-        if os.path.basename(staging) == "staging":
-            return os.path.dirname(staging)
-        return None
+        return self.options.workbench_dir
 
     @functools.cached_property
     def journal(self) -> Journal | None:
@@ -345,6 +326,20 @@ class WritesMixin:
         self._journal(rf)
         return rf
 
+    async def _stage(self, node: Node, truncate: bool) -> RemoteFile:
+        """(lock held) Start writing a stored file: empty (truncated) or a copy of the object,
+        based on the ETag one HEAD gives now."""
+        if truncate:
+            return self._new_remote(node, S.TRUNCATED, node.entry.etag, False, None)
+        store = node.store
+        assert store is not None and self.cache is not None
+        entry = await store.call(store.storage.stat_file, node.path)
+        source = None
+        if entry.size > 0:
+            source = await store.call(self.cache.localize, store.storage, node.path, entry.etag or "")
+        node.entry = _with(entry, name=node.path[-1])
+        return self._new_remote(node, S.CLEAN, entry.etag, False, source)
+
     def _begin_upload(self, rf: RemoteFile) -> None:
         """Written from empty: if the writer only appends, big files stream to the store."""
         rf.upload = None
@@ -385,16 +380,7 @@ class WritesMixin:
             if rf is not None and rf.state is S.FAILED and not truncate:
                 raise rf.error or OSError(errno.EIO, "an earlier write to this file failed")
             if rf is None:
-                if truncate:
-                    rf = self._new_remote(node, S.TRUNCATED, node.entry.etag, False, None)
-                else:
-                    entry = await store.call(store.storage.stat_file, node.path)
-                    source = None
-                    if entry.size > 0:
-                        assert self.cache is not None
-                        source = await store.call(self.cache.localize, store.storage, node.path, entry.etag or "")
-                    rf = self._new_remote(node, S.CLEAN, entry.etag, False, source)
-                    node.entry = _with(entry, name=node.path[-1])
+                rf = await self._stage(node, truncate)
             elif truncate:
                 self._abort_upload(rf)
                 os.ftruncate(rf.fd, 0)
@@ -550,7 +536,7 @@ class WritesMixin:
             self._fire(rf, "write")
             return offset, len(data)
         try:
-            written = _write_all(rf.fd, data, offset)
+            written = pwrite_all(rf.fd, data, offset)
         except OSError as exc:
             raise self._lose(rf, exc) from exc
         self._fire(rf, "write")
@@ -584,15 +570,7 @@ class WritesMixin:
         async with node.lock:
             rf = node.remote
             if rf is None or rf.state is S.ENDED:
-                if size == 0:
-                    rf = self._new_remote(node, S.TRUNCATED, node.entry.etag, False, None)
-                else:
-                    entry = await store.call(store.storage.stat_file, node.path)
-                    source = None
-                    if entry.size > 0:
-                        assert self.cache is not None
-                        source = await store.call(self.cache.localize, store.storage, node.path, entry.etag or "")
-                    rf = self._new_remote(node, S.CLEAN, entry.etag, False, source)
+                rf = await self._stage(node, truncate=size == 0)
                 self._abort_upload(rf)
                 try:
                     os.ftruncate(rf.fd, size)

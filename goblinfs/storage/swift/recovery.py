@@ -10,26 +10,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .. import pwrite_all
 from .largeobjects import segment_prefix
 
 if TYPE_CHECKING:
     from ..cloudfiles import CloudFileStorage
 
 READ_CHUNK = 1048576
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        written = os.pwrite(fd, view[done:], offset + done)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, "no space left")
-        done += written
 
 
 def read_upload(store: CloudFileStorage, filepath: Sequence[str], upload_id: str, fd: int) -> tuple[int, str]:
@@ -55,7 +45,7 @@ def read_upload(store: CloudFileStorage, filepath: Sequence[str], upload_id: str
         start = offset
         with store._open_reader(item["name"], container=store.segment_container) as body:
             while chunk := body.read(READ_CHUNK):
-                _write_all(fd, chunk, offset)
+                pwrite_all(fd, chunk, offset)
                 offset += len(chunk)
         if offset - start != int(item.get("bytes", -1)):
             raise OSError(errno.EIO, f"segment {item['name']} read {offset - start} of {item.get('bytes')} bytes")
