@@ -193,6 +193,23 @@ class Prepared:
     fuse_options: set[str]
 
 
+def _make_base_dir(store: str, base_dir: str) -> None:
+    """Create a local store's missing base_dir with its parents, as MediaGoblin does on its first write.
+
+    A fresh site has stored nothing yet, so ``user_dev/media/queue`` does not exist; MediaGoblin
+    creates store directories when it first writes (``os.makedirs``, mode 0o777 under the umask).
+    MountFailed with one line when it cannot be made.
+    """
+    if os.path.lexists(base_dir) and not os.path.isdir(base_dir):
+        raise MountFailed(f"store {store}: base_dir {base_dir} is not a directory")
+    try:
+        os.makedirs(base_dir, exist_ok=True)
+    except OSError as exc:
+        raise MountFailed(f"store {store}: cannot create base_dir {exc.filename or base_dir}: "
+                          f"{exc.strerror or exc}") from None
+    log.info("store %s: created base_dir %s (a fresh site: nothing stored yet)", store, base_dir)
+
+
 def prepare(config: GoblinConfig, mountpoint: str, opts: MountOptions, only_store: str | None = None) -> Prepared:
     """Build the stores (logging in to remote ones) and the Vfs; MountFailed with one line on error."""
     names = list(config.stores)
@@ -222,7 +239,7 @@ def prepare(config: GoblinConfig, mountpoint: str, opts: MountOptions, only_stor
             raise MountFailed(f"store {name}: {exc}") from None
         base_dir = getattr(storage, "base_dir", None)
         if storage.local_storage and base_dir and not os.path.isdir(base_dir):
-            raise MountFailed(f"store {name}: base_dir {base_dir} does not exist")
+            _make_base_dir(name, base_dir)
         if not storage.local_storage:
             any_remote = True
             try:

@@ -286,8 +286,14 @@ class StorageInterface:
         self.__raise_not_implemented()
         raise AssertionError
 
-    def delete_file(self, filepath: Sequence[str]) -> None:
-        """Delete the file (not directory) at filepath; FileNotFoundError when missing."""
+    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True) -> None:
+        """Delete the file (not directory) at filepath; FileNotFoundError when missing.
+
+        The directory holding it stays, even when it is now empty, as on a disk (MediaGoblin's
+        cleanup deletes the file, then each directory level with ``delete_dir``).  A store without
+        real directories keeps it with a marker; ``keep_parent=False`` is a hint from a caller that
+        knows the directory holds other entries, letting such a store skip the check.
+        """
         self.__raise_not_implemented()
 
     def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:

@@ -649,11 +649,33 @@ class CloudFileStorage(StorageInterface):
             raise IsADirectoryError(errno.EISDIR, "is a directory", name)
         return headers
 
-    def delete_file(self, filepath: Sequence[str]) -> None:
-        """Delete the file (an SLO with its segments); FileNotFoundError if missing, IsADirectoryError for a dir."""
+    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True) -> None:
+        """Delete the file (an SLO with its segments); FileNotFoundError if missing, IsADirectoryError for a dir.
+
+        The file's directory stays, as on a disk: when it was the last object under its
+        pseudo-directory, a marker is left there (``keep_parent=False`` skips the check, for a
+        caller that knows the directory holds other entries).
+        """
         name = self._file_name(filepath)
         headers = self._file_headers(name)
         self._delete_object(name, headers)
+        if keep_parent:
+            self._keep_parent(name)
+
+    def _keep_parent(self, name: str) -> None:
+        """Leave a marker for name's directory when nothing else is under it (never for the root).
+
+        Swift has no directories: a pseudo-directory vanishes with its last object, and
+        MediaGoblin's cleanup (delete the file, then ``delete_dir`` each level) expects it to
+        remain, as a directory on disk does.  One listing; one PUT only when it was the last.
+        """
+        parent, _, _ = name.rpartition("/")
+        if not parent:
+            return
+        if next(iter(self._iter_listing(parent + "/", limit=1)), None) is not None:
+            return
+        log.debug("keeping directory %s after its last entry went", parent)
+        self._put_marker(parent + "/", None)
 
     def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:
         """Delete the directory; True on success, False when missing, not empty (non-recursive) or the root.
@@ -689,6 +711,7 @@ class CloudFileStorage(StorageInterface):
             if dir_object is not None:
                 with suppress(FileNotFoundError):
                     self._call("delete_object", self.container, name, name=name)
+            self._keep_parent(name)
             return True
         items = list(self._iter_listing(prefix))
         if not items and dir_object is None:
@@ -714,6 +737,7 @@ class CloudFileStorage(StorageInterface):
         if dir_object is not None:
             with suppress(FileNotFoundError):
                 self._call("delete_object", self.container, name, name=name)
+        self._keep_parent(name)
         return True
 
     def file_url(self, filepath: Sequence[str]) -> str:
@@ -950,6 +974,8 @@ class CloudFileStorage(StorageInterface):
             if dst_components[: len(src_components)] == src_components:
                 raise OSError(errno.EINVAL, "cannot move a directory into itself", dst_name)
             self._move_dir(src_name, dst_name, src_headers)
+        if src_components[:-1] != dst_components[:-1]:
+            self._keep_parent(src_name)  # the source's directory stays, as after rename(2)
 
     def _move_file(self, src_name: str, dst_name: str, src_headers: Mapping[str, str]) -> None:
         dst_headers = self._head(dst_name)

@@ -272,8 +272,11 @@ class BasicFileStorage(StorageInterface):
                     os.unlink(tmp_name, dir_fd=dir_fd)
                 raise
 
-    def delete_file(self, filepath: Sequence[str]) -> None:
-        """Delete the file at filepath: FileNotFoundError if missing, IsADirectoryError for a directory."""
+    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True) -> None:
+        """Delete the file at filepath: FileNotFoundError if missing, IsADirectoryError for a directory.
+
+        Directories are real here: the parent always stays (``keep_parent`` is only a hint).
+        """
         with self._parent(filepath) as (dir_fd, name):
             os.unlink(name, dir_fd=dir_fd)
 

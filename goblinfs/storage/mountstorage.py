@@ -85,10 +85,13 @@ class MountStorage(StorageInterface):
         backend, rest = self._forward(filepath)
         return backend.get_file(rest, mode)
 
-    def delete_file(self, filepath: Sequence[str]) -> None:
-        """Delete the file in the store that holds it."""
+    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True) -> None:
+        """Delete the file in the store that holds it (its directory stays, as there)."""
         backend, rest = self._forward(filepath)
-        backend.delete_file(rest)
+        if keep_parent:
+            backend.delete_file(rest)  # any StorageInterface, MediaGoblin's own signature
+        else:
+            backend.delete_file(rest, keep_parent=False)
 
     def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:
         """Delete the directory in the store that holds it (never a mount point itself)."""

@@ -257,9 +257,14 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         node = await self._lookup(parent, self._decode(name))
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory")
+        # The directory stays after its last file (Swift keeps it with a marker); where our
+        # listing shows other entries in it, the store need not look.
+        siblings = parent.children is not None and any(other != node.path[-1] for other in parent.children)
+        delete = functools.partial(store.storage.delete_file, node.path, keep_parent=False) if siblings \
+            else functools.partial(store.storage.delete_file, node.path)
         async with node.lock:  # no publication between the delete and the detach
             try:
-                await store.call(store.storage.delete_file, node.path)
+                await store.call(delete)
             except FileNotFoundError:
                 if node.remote is None:  # else: written here and never stored, nothing to delete
                     raise
