@@ -4,6 +4,7 @@
     goblinfs umount [-z] MOUNTPOINT
     goblinfs status MOUNTPOINT [--json] [--timeout SECONDS]
     goblinfs gc CONFIG [--dry-run] [--grace SECONDS] [--store NAME]
+    goblinfs sync SRC DST [--transfers N] [--checksum] [--dry-run] [--delete] [--json]
     goblinfs CONFIG MOUNTPOINT [-o opts]        (what mount.fuse3 / fstab / systemd run)
 
 CONFIG is a mediagoblin.ini (or a directory holding mediagoblin_local.ini or
@@ -360,6 +361,41 @@ def cmd_gc(argv: list[str]) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ goblinfs sync
+
+
+def cmd_sync(argv: list[str]) -> int:
+    """``goblinfs sync SRC DST``: copy a store into another (goblinfs.sync); the exit status."""
+    from .sync import DEFAULT_TRANSFERS, Options, run_command
+
+    parser = argparse.ArgumentParser(
+        prog="goblinfs sync",
+        description="Copy one store into another: parallel, verified (MD5), resumable. SRC and DST are "
+                    "CONFIG:public, CONFIG:queue (a store of a mediagoblin.ini) or a local directory.")
+    parser.add_argument("src", metavar="SRC")
+    parser.add_argument("dst", metavar="DST")
+    parser.add_argument("--transfers", type=int, default=DEFAULT_TRANSFERS, metavar="N",
+                        help=f"files copied in parallel (default {DEFAULT_TRANSFERS})")
+    parser.add_argument("--checksum", "-c", action="store_true",
+                        help="compare by size and MD5 instead of size and mtime")
+    parser.add_argument("--dry-run", "-n", action="store_true", help="list what would be copied or deleted")
+    parser.add_argument("--delete", action="store_true", help="delete what the source lacks (after the copies)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                        help="a bar on a terminal, periodic lines otherwise (default auto)")
+    parser.add_argument("--interval", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds between progress lines (default 10)")
+    args = parser.parse_args(argv)
+    if args.transfers < 1:
+        return _fail(f"--transfers {args.transfers}: must be 1 or more", 2)
+    if not args.interval > 0:
+        return _fail(f"--interval {args.interval:g}: must be positive", 2)
+    logging.basicConfig(level=logging.WARNING, format="goblinfs sync: %(name)s: %(message)s")
+    options = Options(transfers=args.transfers, checksum=args.checksum, dry_run=args.dry_run, delete=args.delete)
+    return run_command(args.src, args.dst, options, as_json=args.json, progress=args.progress,
+                       interval=args.interval)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -377,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_status(argv[1:])
     if argv[0] == "gc" and "-o" not in argv:
         return cmd_gc(argv[1:])
+    if argv[0] == "sync" and "-o" not in argv:
+        return cmd_sync(argv[1:])
     # mount(8) convention: goblinfs SOURCE MOUNTPOINT -o opts
     return cmd_mount(argv, prog="goblinfs")
 
