@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -22,7 +22,8 @@ from .vfs import Attr, Node, Vfs
 
 log = logging.getLogger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def errno_of(exc: BaseException) -> int:
@@ -36,9 +37,11 @@ def errno_of(exc: BaseException) -> int:
     return errno.EIO
 
 
-def _errors(fn: F) -> F:
+def _errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """fn as a pyfuse3 handler: every failure leaves it as a FUSEError with its errno (``errno_of``)."""
+
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -58,7 +61,7 @@ def _errors(fn: F) -> F:
             log.exception("%s failed unexpectedly", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def entry_attributes(attr: Attr, entry_timeout: float) -> pyfuse3.EntryAttributes:
@@ -97,7 +100,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         return self._entry(await self.vfs.lookup(parent_inode, name))
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         try:
             self.vfs.forget(inode_list)
         except Exception:
@@ -162,8 +165,10 @@ class Operations(pyfuse3.Operations):
         handle = await self.vfs.open(inode, flags)
         return pyfuse3.FileInfo(fh=handle.fh, keep_cache=handle.keep_cache)
 
+    # pyfuse3's annotation says bytes, but its handler replies from any contiguous buffer
+    # (PyObject_GetBuffer in fuse_read_async): returning the Vfs's memoryview spares a copy per read.
     @_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         return await self.vfs.read(fh, off, size)
 
     @_errors

@@ -375,7 +375,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         self._check_object_name(store, path)
         now = time.time_ns()
         if store.local:
-            fd = await store.call(store.storage.open_fd, path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = await store.call(store.open_fd, path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
             entry = Entry(name=clean, is_dir=False, size=0, mtime_ns=now)
             node = self._node_for(store, path, entry)
             handle = self._new_handle(node, fd, True, True, append=bool(flags & os.O_APPEND))
@@ -407,7 +407,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             open_flags = os.O_RDWR if writable else os.O_RDONLY
             if truncate:
                 open_flags |= os.O_TRUNC
-            fd = await store.call(store.storage.open_fd, node.path, open_flags)
+            fd = await store.call(store.open_fd, node.path, open_flags)
             handle = self._new_handle(node, fd, writable, True, append=append)
             if writable:
                 node.writers += 1
@@ -453,7 +453,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         if handle is not None and handle.fd is not None and handle.writable:
             os.ftruncate(handle.fd, size)
         else:
-            fd = await store.call(store.storage.open_fd, node.path, os.O_WRONLY)
+            fd = await store.call(store.open_fd, node.path, os.O_WRONLY)
             try:
                 os.ftruncate(fd, size)
             finally:

@@ -12,13 +12,14 @@ from ..storage import (
     Entry,
     ExactPath,
 )
+from .base import VfsBase
 from .nodes import ROOT_INO, Attr, Node, StoreMount, _dir_entry, _with
 
 log = logging.getLogger(__name__)
 
 
 
-class ListingMixin:
+class ListingMixin(VfsBase):
     """Listings and lookups of the Vfs (mixed into it)."""
 
     async def _children(self, node: Node, fresh: bool = False) -> dict[str, Entry]:

@@ -11,13 +11,14 @@ from ..storage import (
     NAME_MAX,
     ExactPath,
 )
+from .base import VfsBase
 from .nodes import StoreMount
 
 log = logging.getLogger(__name__)
 
 
 
-class NamesMixin:
+class NamesMixin(VfsBase):
     """Name rules of the Vfs (mixed into it)."""
 
     def _decode(self, name: bytes) -> str:

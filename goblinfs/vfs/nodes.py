@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import trio
 
@@ -80,14 +81,28 @@ class Attr:
     timeout: float = 1.0
 
 
+@runtime_checkable
+class LocalFiles(Protocol):
+    """A store whose files are on the local disk and open as file descriptors (``BasicFileStorage``)."""
+
+    def open_fd(self, filepath: Sequence[str], flags: int, mode: int = 0o666) -> int:
+        """(thread) ``os.open`` of the file at filepath, with its checks: an fd the caller closes."""
+        ...
+
+
 class StoreMount:
-    """One store shown as a directory of the mount, with its own worker limiter."""
+    """One store shown as a directory of the mount, with its own worker limiter.
+
+    ``local``: the store's files are local files (``local_storage`` and ``open_fd``): the Vfs
+    reads and writes them through their fds (``open_fd``), with no staging or read cache.
+    """
 
     def __init__(self, name: str, storage: StorageInterface, options: Options, max_threads: int = 8) -> None:
         self.name = name
         self.storage = storage
         self.options = options
-        self.local = bool(storage.local_storage) and hasattr(storage, "open_fd")
+        self._files = storage if storage.local_storage and isinstance(storage, LocalFiles) else None
+        self.local = self._files is not None
         self.limiter = trio.CapacityLimiter(max_threads)
         self.max_name_length = int(getattr(storage, "max_object_name_length", 0) or 0)
 
@@ -100,6 +115,13 @@ class StoreMount:
             log.error("%s: store call %s took more than %.0f s", self.name, getattr(fn, "__name__", fn),
                       self.options.op_timeout)
             raise OSError(errno.EIO, "store timed out") from None
+
+    def open_fd(self, path: Sequence[str], flags: int, mode: int = 0o666) -> int:
+        """(thread) An fd of the file at path of a local store, the caller's to close; EOPNOTSUPP
+        for a store that is not ``local``."""
+        if self._files is None:
+            raise OSError(errno.EOPNOTSUPP, f"store {self.name} has no local files")
+        return self._files.open_fd(path, flags, mode)
 
 
 class Node:
@@ -157,7 +179,5 @@ def _dir_entry(name: str) -> Entry:
 
 
 def _with(entry: Entry, **changes: Any) -> Entry:
-    values = {"name": entry.name, "is_dir": entry.is_dir, "size": entry.size, "mtime_ns": entry.mtime_ns,
-              "etag": entry.etag, "content_type": entry.content_type}
-    values.update(changes)
-    return Entry(**values)
+    """A copy of entry with some fields changed (entries are immutable)."""
+    return dataclasses.replace(entry, **changes)

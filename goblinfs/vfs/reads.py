@@ -63,12 +63,14 @@ import os
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from ..storage import Entry
 from ..workbench import NO_SPACE_ERRNOS, NoCacheSpace, ReadCache
+from .base import VfsBase
 from .nodes import Handle, Node, StoreMount
 
 log = logging.getLogger(__name__)
@@ -198,7 +200,7 @@ class RangeReader:
         store = self.node.store
         assert store is not None
         call: Any = store.storage.read_range
-        if self.etag and _takes_etag(type(store.storage)):
+        if self.etag and _takes_etag(type(store.storage).read_range):
             call = functools.partial(call, etag=self.etag)
         problem = ""
         for _attempt in range(self.ATTEMPTS):
@@ -229,10 +231,10 @@ class RangeReader:
 
 
 @functools.cache
-def _takes_etag(storage_type: type) -> bool:
-    """Whether a store's read_range can make its GET conditional on an ETag (``etag=``)."""
+def _takes_etag(read_range: Callable[..., bytes]) -> bool:
+    """Whether a store class's read_range can make its GET conditional on an ETag (``etag=``)."""
     try:
-        return "etag" in inspect.signature(storage_type.read_range).parameters
+        return "etag" in inspect.signature(read_range).parameters
     except (TypeError, ValueError):
         return False
 
@@ -381,7 +383,7 @@ def _write_part(fd: int, data: bytes, offset: int, cache: ReadCache) -> str | No
     return None
 
 
-class ReadsMixin:
+class ReadsMixin(VfsBase):
     """Reads of the Vfs (mixed into it)."""
 
     async def _open_remote_read(self, node: Node) -> Handle:
@@ -555,8 +557,9 @@ class ReadsMixin:
         if download.fire(Event.UNUSED) is State.CLOSED:
             self._maybe_free(download.node)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
-        """Up to size bytes at offset (short only at the end of the file)."""
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        """Up to size bytes at offset (short only at the end of the file); a memoryview where that
+        spares a copy (pyfuse3 replies from any buffer)."""
         handle = self.handle(fh)
         node = handle.node
         staged = await self._staged_read(handle, offset, size)  # writes.py: the file is being written here

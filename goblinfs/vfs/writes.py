@@ -35,15 +35,12 @@ import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..storage import Entry, ExactPath, Upload, new_upload_id, pwrite_all
+from ..storage import ExactPath, Upload, new_upload_id, pwrite_all
+from .base import VfsBase
 from .journal import Journal, list_recovered, recovered_path
 from .nodes import Handle, Node, StoreMount, _with
-
-if TYPE_CHECKING:
-    from ..workbench import ReadCache
-    from .nodes import Options
 
 log = logging.getLogger(__name__)
 
@@ -228,16 +225,8 @@ def _md5_file(path: str) -> str:
     return digest.hexdigest()
 
 
-class WritesMixin:
+class WritesMixin(VfsBase):
     """Writes of the Vfs (mixed into it)."""
-
-    options: Options
-    cache: ReadCache | None
-    stores: dict[str, StoreMount]
-    handles: dict[int, Handle]
-    by_path: dict[tuple[str | None, ExactPath], int]
-    nodes: dict[int, Node]
-    overlay: dict[tuple[str, ExactPath], dict[str, tuple[Entry | None, float]]]
 
     # ------------------------------------------------------------------ workbench places
 
@@ -367,7 +356,7 @@ class WritesMixin:
             # A new name is content: even empty, the first close stores it.
             rf = self._new_remote(node, S.DIRTY, None, True, None)
             node.writers += 1
-            handle = self._new_handle(node, rf.fd, True, False, append=append)  # type: ignore[attr-defined]
+            handle = self._new_handle(node, rf.fd, True, False, append=append)
             handle.remote = rf
             return handle
 
@@ -388,7 +377,7 @@ class WritesMixin:
                 self._fire(rf, "open_trunc")
                 self._begin_upload(rf)
             node.writers += 1
-            handle = self._new_handle(node, rf.fd, True, False, append=append)  # type: ignore[attr-defined]
+            handle = self._new_handle(node, rf.fd, True, False, append=append)
             handle.remote = rf
             return handle
 
@@ -398,7 +387,7 @@ class WritesMixin:
         rf = node.remote
         if rf is None or rf.state in (S.ENDED, S.DETACHED):
             return None
-        handle = self._new_handle(node, os.dup(rf.fd), False, True)  # type: ignore[attr-defined]
+        handle = self._new_handle(node, os.dup(rf.fd), False, True)
         handle.remote = rf
         rf.readers.add(handle)
         return handle
@@ -414,7 +403,7 @@ class WritesMixin:
         download, handle.download = handle.download, None
         if download is not None:
             download.readers -= 1
-            self._end_download(download)  # type: ignore[attr-defined]
+            self._end_download(download)
         handle.remote = rf
         rf.readers.add(handle)
 
@@ -477,17 +466,17 @@ class WritesMixin:
             # Writing ended: a reader's own descriptor holds what was published.
             if rf.state is not S.ENDED or rf.error is not None or handle.fd is None:
                 raise OSError(errno.EIO, "the file this handle read was not published")
-            return await self._pread(handle.fd, node, size, offset)  # type: ignore[attr-defined]
+            return await self._pread(handle.fd, node, size, offset)
         async with node.lock:
             if rf.state is S.FAILED:
                 raise OSError(errno.EIO, "an earlier write to this file failed")
             if rf.state in (S.STREAMING, S.STALE) or (rf.upload is not None and rf.upload.started):
                 await self._settle(rf)
-            return await self._pread(rf.fd, node, size, offset)  # type: ignore[attr-defined]
+            return await self._pread(rf.fd, node, size, offset)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         """Write at offset (at the end for O_APPEND); local: into the file, remote: staged."""
-        handle = self.handle(fh)  # type: ignore[attr-defined]
+        handle = self.handle(fh)
         if not handle.writable or handle.fd is None:
             raise OSError(errno.EBADF, "not open for writing")
         node = handle.node
@@ -666,7 +655,7 @@ class WritesMixin:
         node.keep_cache_etag = entry.etag
         parent_ino = self.by_path.get((store.name, node.path.parent))
         if parent_ino is not None:
-            self._note_child(self.nodes[parent_ino], node.path[-1], node.entry)  # type: ignore[attr-defined]
+            self._note_child(self.nodes[parent_ino], node.path[-1], node.entry)
         elif not store.local:
             self.overlay.setdefault((store.name, node.path.parent), {})[node.path[-1]] = (node.entry, time.monotonic())
 
@@ -682,7 +671,7 @@ class WritesMixin:
     async def flush(self, fh: int) -> None:
         """close(2) of a descriptor: a remote file's changes are published now; errors reach
         close().  An O_TRUNC with nothing written since waits (see TRUNCATED)."""
-        handle = self.handle(fh)  # type: ignore[attr-defined]
+        handle = self.handle(fh)
         rf = handle.remote
         if not handle.writable or rf is None:
             return
@@ -698,7 +687,7 @@ class WritesMixin:
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         """fsync(2): local: the file's fsync; remote: publish now (a pending truncation too)."""
-        handle = self.handle(fh)  # type: ignore[attr-defined]
+        handle = self.handle(fh)
         node = handle.node
         if node.store is not None and node.store.local:
             if handle.fd is not None and handle.writable:
@@ -744,8 +733,8 @@ class WritesMixin:
             download = handle.download
             if download is not None:
                 download.readers -= 1
-                self._end_download(download)  # type: ignore[attr-defined]
-            self._maybe_free(node)  # type: ignore[attr-defined]
+                self._end_download(download)
+            self._maybe_free(node)
 
     async def _end(self, rf: RemoteFile) -> None:
         """(lock held) Writing is over: the staging file becomes the cached copy (CLEAN) or goes."""
