@@ -1,19 +1,30 @@
-"""Read a MediaGoblin ``mediagoblin.ini`` unchanged, or use the embedded default.
+"""Read a MediaGoblin ``mediagoblin.ini`` unchanged, with ConfigObj as MediaGoblin does.
 
-MediaGoblin reads its config with ConfigObj (``interpolation="ConfigParser"``) against
-``config_spec.ini``.  This module parses the same syntax (``[section]``, nested
-``[[plugin]]`` sections, quoted and triple-quoted values, ``#`` comments, ``%(name)s``
-interpolation from the section then ``[DEFAULT]``), without ConfigObj, and applies
-MediaGoblin's defaults for the keys goblinfs uses:
+MediaGoblin reads its config with ConfigObj (``encoding="UTF8"``,
+``interpolation="ConfigParser"``) and validates it against ``config_spec.ini``.  goblinfs
+reads it the same way, with ConfigObj itself: the same syntax (``[section]``, nested
+``[[plugin]]`` sections, quoted and triple-quoted values, ``#`` comments, comma-separated
+lists), the same ``%(name)s`` interpolation (looked up in the section, its ``DEFAULT``
+subsection, then each parent and its ``DEFAULT``, up to the top-level ``[DEFAULT]``; ``%%``
+is not an escape), ``%(here)s`` = the config file's directory and ``%(__file__)s`` = its path,
+and MediaGoblin's spec defaults for the keys goblinfs uses (``SPEC_DEFAULTS``):
 
-* ``[DEFAULT] data_basedir = %(here)s/user_dev`` (``here``: the config file's directory);
+* ``[DEFAULT] data_basedir = %(here)s/user_dev`` unless the file sets it;
 * ``[storage:publicstore]``: BasicFileStorage, ``%(data_basedir)s/media/public``,
   ``base_url = /mgoblin_media/``;
 * ``[storage:queuestore]``: BasicFileStorage, ``%(data_basedir)s/media/queue``;
 * ``[mediagoblin] workbench_path = %(data_basedir)s/media/workbench``.
 
-goblinfs's own options live in a ``[goblinfs]`` section.  No config file: the embedded
-default, local queue and public stores under a per-user data directory.
+As in MediaGoblin, a spec default is interpolated in the spec, whose ``data_basedir`` is
+always ``%(here)s/user_dev``: a ``[DEFAULT] data_basedir`` of the file reaches only the
+values written in the file (such as the ``base_dir`` lines of ``mediagoblin.example.ini``),
+not the defaults of keys the file leaves out.
+
+goblinfs's own options live in a ``[goblinfs]`` section (a list value is joined with
+commas).  No config file: the embedded default, local queue and public stores under a
+per-user data directory.
+
+Errors: every problem is one line naming the file and, where there is one, the line.
 """
 
 from __future__ import annotations
@@ -22,8 +33,21 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from configobj import (
+    ConfigObj,
+    ConfigObjError,
+    DuplicateError,
+    InterpolationLoopError,
+    MissingInterpolationOption,
+    NestingError,
+    ParseError,
+    Section,
+    flatten_errors,
+)
+from configobj.validate import Validator
 
 from .storage import Error as StorageError
 from .storage import StorageInterface, storage_system_from_config
@@ -48,120 +72,253 @@ SPEC_DEFAULTS: dict[str, dict[str, str]] = {
     },
 }
 
+#: The section of goblinfs's own options.
+OPTIONS_SECTION = "goblinfs"
+
 
 class ConfigError(Exception):
     """A config that cannot be used; the message is one line for the user."""
 
 
-# ------------------------------------------------------------------------- parsing
-
-_SECTION_RE = re.compile(r"^(\[+)\s*([^\]]*?)\s*(\]+)\s*(#.*)?$")
-_KEY_RE = re.compile(r"^([^=]+?)\s*=\s*(.*)$")
-_INTERP_RE = re.compile(r"%\(([^)]+)\)s")
+# ------------------------------------------------------------------------- reading
 
 
-@dataclass
-class Section:
-    """One section: its values (raw, uninterpolated) and nested sections."""
+def _spec_lines() -> list[str]:
+    """SPEC_DEFAULTS as a ConfigObj configspec: ``key = string(default="...")`` lines."""
+    lines = []
+    for section, keys in SPEC_DEFAULTS.items():
+        lines.append(f"[{section}]")
+        for key, value in keys.items():
+            lines.append(f"{key} = {value}" if section == "DEFAULT" else f'{key} = string(default="{value}")')
+    return lines
 
-    name: str
-    depth: int
-    values: dict[str, str] = field(default_factory=dict)
-    children: dict[str, Section] = field(default_factory=dict)
+
+#: The embedded default: both stores and the workbench under the data directory (``%(here)s``).
+_EMBEDDED = [
+    "[DEFAULT]", "data_basedir = %(here)s",
+    "[mediagoblin]", "workbench_path = %(data_basedir)s/media/workbench",
+    "[storage:queuestore]", "base_dir = %(data_basedir)s/media/queue",
+    "[storage:publicstore]", "base_dir = %(data_basedir)s/media/public", "base_url = /mgoblin_media/",
+]
 
 
-def parse_ini(text: str, source: str = "<config>") -> dict[str, Section]:
-    """Parse ConfigObj syntax into top-level sections (``DEFAULT`` included if present)."""
-    top: dict[str, Section] = {}
-    stack: list[Section] = []
-    lines = text.splitlines()
+def _unquote(text: str) -> str:
+    """A key or section name as ConfigObj stores it: one pair of matching quotes removed."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+def _walk(lines: list[str]) -> Iterator[tuple[int, tuple[str, ...], str | None]]:
+    """(line number, section path, key or None for a section header) of each entry.
+
+    Uses ConfigObj's own line patterns, so on a file ConfigObj parsed it finds exactly
+    ConfigObj's entries; the lines of a triple-quoted value are skipped.
+    """
+    path: tuple[str, ...] = ()
     index = 0
     while index < len(lines):
-        raw = lines[index]
+        line = lines[index]
         index += 1
-        line = raw.strip()
-        if not line or line.startswith("#") or line.startswith(";"):
+        if not line.strip() or line.strip().startswith("#"):
             continue
-        if line.startswith("["):
-            match = _SECTION_RE.match(line)
-            if not match or len(match.group(1)) != len(match.group(3)) or not match.group(2):
-                raise ConfigError(f"{source}:{index}: bad section header: {line}")
-            depth = len(match.group(1))
-            name = match.group(2).strip("\"'")
-            if depth == 1:
-                section = top.setdefault(name, Section(name, 1))
-                stack = [section]
-            else:
-                if depth > len(stack) + 1 or not stack:
-                    raise ConfigError(f"{source}:{index}: section {line} is nested deeper than its parent")
-                parent = stack[depth - 2]
-                section = parent.children.setdefault(name, Section(name, depth))
-                stack = stack[: depth - 1] + [section]
+        section = ConfigObj._sectionmarker.match(line)
+        if section is not None:
+            depth = section.group(2).count("[")
+            path = (*path[: depth - 1], _unquote(section.group(3)))
+            yield index, path, None
             continue
-        match = _KEY_RE.match(line)
-        if not match:
-            raise ConfigError(f"{source}:{index}: expected 'key = value': {line}")
-        key = match.group(1).strip().strip("\"'")
-        value, consumed = _parse_value(match.group(2), lines, index, source)
-        index += consumed
-        if not stack:
-            # ConfigObj allows keys before any section; they belong to the root.
-            stack = [top.setdefault("", Section("", 0))]
-        stack[-1].values[key] = value
-    return top
+        keyword = ConfigObj._keyword.match(line)
+        if keyword is None:
+            continue
+        yield index, path, _unquote(keyword.group(2))
+        quote = keyword.group(3)[:3]
+        if quote in ('"""', "'''") and quote not in keyword.group(3)[3:]:
+            while index < len(lines) and quote not in lines[index]:
+                index += 1
+            index += 1
 
 
-def _parse_value(rest: str, lines: list[str], index: int, source: str) -> tuple[str, int]:
-    """A value as ConfigObj reads it; returns (value, extra lines consumed)."""
-    rest = rest.strip()
-    for quote in ('"""', "'''"):
-        if rest.startswith(quote):
-            body = rest[3:]
-            if quote in body:
-                return body[: body.index(quote)], 0
-            parts = [body]
-            consumed = 0
-            while index + consumed < len(lines):
-                line = lines[index + consumed]
-                consumed += 1
-                if quote in line:
-                    parts.append(line[: line.index(quote)])
-                    return "\n".join(parts), consumed
-                parts.append(line)
-            raise ConfigError(f"{source}:{index}: unterminated {quote} value")
-    if rest[:1] in ("'", '"'):
-        quote = rest[0]
-        end = rest.find(quote, 1)
-        if end < 0:
-            raise ConfigError(f"{source}:{index}: unterminated quoted value: {rest}")
-        tail = rest[end + 1:].strip()
-        if tail and not tail.startswith("#") and not tail.startswith(","):
-            raise ConfigError(f"{source}:{index}: text after a quoted value: {rest}")
-        if tail.startswith(","):
-            return rest, 0  # a list; kept as written
-        return rest[1:end], 0
-    comment = re.search(r"\s#", rest)
-    if comment:
-        rest = rest[: comment.start()]
-    return rest.strip(), 0
+def _label(path: tuple[str, ...]) -> str:
+    """``[a]``, ``[a] [[b]]``: a section path as the file writes it."""
+    return " ".join("[" * depth + name + "]" * depth for depth, name in enumerate(path, 1)) or "the top level"
 
 
-def interpolate(value: str, section: dict[str, str], defaults: dict[str, str], depth: int = 0) -> str:
-    """ConfigParser-style ``%(name)s`` from the section, then DEFAULT; ``%%`` is ``%``."""
-    if depth > 10:
-        raise ConfigError(f"interpolation too deep (a loop?) in {value!r}")
+_PARSE_ERRORS: tuple[tuple[type[ConfigObjError], str, str], ...] = (
+    (NestingError, "Cannot compute the section depth", "bad section header: the brackets do not match"),
+    (NestingError, "Section too nested", "section nested deeper than its parent"),
+    (NestingError, "Cannot compute nesting level", "section nesting does not match"),
+    (ParseError, "Parse error in multiline value", "unterminated triple-quoted value"),
+    (ParseError, "Parse error in value", "badly quoted value"),
+)
 
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name in section:
-            raw = section[name]
-        elif name in defaults:
-            raw = defaults[name]
-        else:
-            raise ConfigError(f"%({name})s is not defined (in {value!r})")
-        return interpolate(raw, section, defaults, depth + 1)
 
-    return _INTERP_RE.sub(replace, value.replace("%%", "\0")).replace("\0", "%")
+def _duplicate(line: str, number: int, lines: list[str]) -> str:
+    """What a DuplicateError at this line repeats, and where it first was."""
+    entries = list(_walk(lines[: number - 1]))
+    path = entries[-1][1] if entries else ()
+    section = ConfigObj._sectionmarker.match(line)
+    if section is not None:
+        depth = section.group(2).count("[")
+        target: tuple[tuple[str, ...], str | None] = ((*path[: depth - 1], _unquote(section.group(3))), None)
+        what = "duplicate section"
+    else:
+        keyword = ConfigObj._keyword.match(line)
+        target = (path, _unquote(keyword.group(2)) if keyword else "")
+        what = f"duplicate key in {_label(path)}"
+    first = next((at for at, at_path, key in entries if (at_path, key) == target), None)
+    return f"{what} (first at line {first})" if first else what
+
+
+def _parse_error(exc: ConfigObjError, lines: list[str], source: str) -> ConfigError:
+    """One line for a ConfigObj syntax error: file:line, what is wrong, the line itself."""
+    number = exc.line_number or 0
+    line = exc.line or ""
+    text = line.strip()
+    what = str(exc).split(" at line ")[0]
+    for kind, prefix, message in _PARSE_ERRORS:
+        if isinstance(exc, kind) and what.startswith(prefix):
+            what = message
+            break
+    else:
+        if isinstance(exc, DuplicateError):
+            what = _duplicate(line, number, lines)
+        elif isinstance(exc, ParseError) and what.startswith("Invalid line"):
+            what = "bad section header" if text.startswith("[") else "expected 'key = value' or a [section]"
+    return ConfigError(f"{source}:{number}: {what}: {text}")
+
+
+def _read(path: str) -> list[str]:
+    """The file's lines as ConfigObj reads a file (split at newlines, UTF-8, BOM dropped)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.readlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    try:
+        return [line.decode("utf-8-sig" if number == 0 else "utf-8").rstrip("\r\n")
+                for number, line in enumerate(raw)]
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason})") from exc
+
+
+_QUOTED_NAME = re.compile(r'"(.*)"')
+
+
+class _Reader:
+    """One reading of a config: ConfigObj's parse and validation, errors located in the file."""
+
+    def __init__(self, lines: list[str], path: str, source: str) -> None:
+        self.lines = lines
+        self.path = path
+        self.source = source
+        try:
+            self.config = ConfigObj(list(lines), configspec=_spec_lines(), encoding="UTF8",
+                                    interpolation="ConfigParser", raise_errors=True)
+        except ConfigObjError as exc:
+            raise _parse_error(exc, lines, source) from None
+        self.index = {(at_path, key): at for at, at_path, key in _walk(lines)}
+
+    def where(self, path: tuple[str, ...], key: str | None = None) -> str:
+        """``file:line`` of a key (or a section header), else of its section, else the file."""
+        line = self.index.get((path, key)) or self.index.get(((*path, key), None)) or self.index.get((path, None))
+        return f"{self.source}:{line}" if line else self.source
+
+    def section(self, name: str) -> Any:
+        """A top-level section (a configobj Section), None if absent; ConfigError for a value."""
+        value = dict.get(self.config, name)
+        if value is None or isinstance(value, Section):
+            return value
+        raise ConfigError(f"{self.where((), name)}: {name} must be a [{name}] section, not a value")
+
+    def value(self, section: Any, path: tuple[str, ...], key: str) -> Any:
+        """section[key] interpolated; ConfigError at the key's line for a bad reference."""
+        label = f"{_label(path)} {key}"
+        try:
+            return section[key]
+        except MissingInterpolationOption as exc:
+            match = _QUOTED_NAME.search(str(exc))
+            name = match.group(1) if match else str(exc)
+            via = ""
+            reference = f"%({name})s"
+            if reference not in str(dict.__getitem__(section, key)):
+                line = next((n for n, text in enumerate(self.lines, 1) if reference in text), None)
+                via = f", referred to at line {line}" if line else ""
+            raise ConfigError(f"{self.where(path, key)}: {label}: {reference} is not defined "
+                              f"(not in the section, its parents or [DEFAULT]{via})") from None
+        except InterpolationLoopError as exc:
+            match = _QUOTED_NAME.search(str(exc))
+            name = match.group(1) if match else key
+            raise ConfigError(f"{self.where(path, key)}: {label}: interpolation loop: "
+                              f"%({name})s refers back to itself") from None
+
+    def string(self, section: Any, path: tuple[str, ...], key: str) -> str:
+        """An interpolated value that must be one string, not a comma-separated list."""
+        value = self.value(section, path, key)
+        if isinstance(value, list):
+            raise ConfigError(f"{self.where(path, key)}: {_label(path)} {key}: a list of {len(value)} values "
+                              f"(a comma outside quotes), expected one value: quote it to keep the comma")
+        return str(value)
+
+    def setup_defaults(self) -> None:
+        """MediaGoblin's DEFAULT: ``here`` and ``__file__`` set, the spec's ``data_basedir`` if unset.
+
+        Set in the spec too, where MediaGoblin's spec defaults are interpolated.
+        """
+        for target in (self.config.configspec, self.config):
+            if "DEFAULT" in target.scalars:
+                raise ConfigError(f"{self.where((), 'DEFAULT')}: DEFAULT must be a [DEFAULT] section, not a value")
+            if "DEFAULT" not in target:
+                target["DEFAULT"] = {}
+            target["DEFAULT"]["here"] = os.path.dirname(self.path)
+            target["DEFAULT"]["__file__"] = self.path
+        defaults = self.config["DEFAULT"]
+        for key, value in SPEC_DEFAULTS["DEFAULT"].items():
+            if key not in defaults:
+                defaults[key] = value
+
+    def validate(self) -> None:
+        """Check the values goblinfs reads, then fill MediaGoblin's defaults (ConfigObj's validate)."""
+        for name, keys in SPEC_DEFAULTS.items():
+            section = self.section(name)
+            if name == "DEFAULT" or section is None:
+                continue
+            for key in keys:
+                if key in section.sections:  # ConfigObj's validate would fail on it
+                    raise ConfigError(f"{self.where((name, key))}: {_label((name,))} {key} must be a value, "
+                                      f"not a {_label((name, key)).split()[-1]} section")
+            for key in section.scalars if name.startswith("storage:") else keys:
+                if key in section.scalars:
+                    self.string(section, (name,), key)
+        try:
+            result = self.config.validate(Validator(), preserve_errors=True)
+        except ConfigObjError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from None
+        for path, key, error in flatten_errors(self.config, result):
+            if error is False:
+                continue  # a missing value or section: the defaults cover every key goblinfs reads
+            label = _label(tuple(path)) + (f" {key}" if key else "")
+            raise ConfigError(f"{self.where(tuple(path), key)}: {label}: {error}")
+
+    def store_params(self, name: str) -> dict[str, str]:
+        """Every value of a store section, interpolated (nested sections ignored, as strings)."""
+        section = self.section(name)
+        return {key: self.string(section, (name,), key) for key in section.scalars}
+
+    def workbench_path(self) -> str:
+        """``[mediagoblin] workbench_path``, interpolated."""
+        return self.string(self.section("mediagoblin"), ("mediagoblin",), "workbench_path")
+
+    def options(self) -> dict[str, str]:
+        """The [goblinfs] section, interpolated; a list value joined with commas."""
+        section = self.section(OPTIONS_SECTION)
+        if section is None:
+            return {}
+        options = {}
+        for key in section.scalars:
+            value = self.value(section, (OPTIONS_SECTION,), key)
+            options[key] = ",".join(value) if isinstance(value, list) else str(value)
+        return options
 
 
 # ------------------------------------------------------------------------- the config
@@ -216,47 +373,28 @@ def find_config(path: str) -> str:
 def load_config(path: str | None = None) -> GoblinConfig:
     """Read a MediaGoblin config (or the embedded default when path is None).
 
-    Raises ConfigError, with one line saying what is wrong, for an unreadable file, a
-    syntax error or an undefined interpolation.
+    The stores' values are what MediaGoblin's ``storage_system_from_config`` would get
+    (every key of the section, interpolated, MediaGoblin's defaults filled in), as strings.
+    Raises ConfigError, one line naming the file and line, for an unreadable or non-UTF-8
+    file, a syntax error (bad section header, nesting, duplicate key or section, bad
+    quoting, a line that is no ``key = value``), an undefined interpolation or a loop in a
+    value goblinfs reads, a list (a comma outside quotes) where goblinfs needs one string,
+    or a section given as a value.
     """
     if path is None:
-        here = default_data_dir()
-        sections: dict[str, Section] = {"DEFAULT": Section("DEFAULT", 1, {"data_basedir": here})}
-        source = "embedded default"
+        data_dir = default_data_dir()
+        reader = _Reader(_EMBEDDED, os.path.join(data_dir, "mediagoblin.ini"), "embedded default")
+        config_path = None
     else:
-        path = os.path.abspath(find_config(path))
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason})") from exc
-        sections = parse_ini(text, path)
-        here = os.path.dirname(path)
-        source = path
-
-    defaults = dict(SPEC_DEFAULTS["DEFAULT"])
-    defaults.update(sections.get("DEFAULT", Section("DEFAULT", 1)).values)
-    defaults["here"] = here
-    if path is not None:
-        defaults["__file__"] = path
-
-    def section_values(name: str) -> dict[str, str]:
-        raw = dict(SPEC_DEFAULTS.get(name, {}))
-        raw.update(sections.get(name, Section(name, 1)).values)
-        try:
-            return {key: interpolate(value, raw, defaults) for key, value in raw.items()}
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: [{name}]: {exc}") from None
-
-    stores = {}
-    for store_name, section in STORES:
-        stores[store_name] = StoreConfig(store_name, section, section_values(section))
-    workbench_path = section_values("mediagoblin")["workbench_path"]
-    options = section_values("goblinfs") if "goblinfs" in sections else {}
-    log.debug("config from %s: stores %s, workbench %s", source, stores, workbench_path)
-    return GoblinConfig(path=path, stores=stores, workbench_path=workbench_path, options=options)
+        config_path = os.path.abspath(find_config(path))
+        reader = _Reader(_read(config_path), config_path, config_path)
+    reader.setup_defaults()
+    reader.validate()
+    stores = {name: StoreConfig(name, section, reader.store_params(section)) for name, section in STORES}
+    workbench_path = reader.workbench_path()
+    options = reader.options()
+    log.debug("config from %s: stores %s, workbench %s", reader.source, stores, workbench_path)
+    return GoblinConfig(path=config_path, stores=stores, workbench_path=workbench_path, options=options)
 
 
 def ensure_local_dirs(config: GoblinConfig) -> None:
