@@ -4,6 +4,9 @@ Every handler goes through ``_errors``, the one place where failures become errn
 ``OSError`` keeps its errno, an invalid name is EINVAL, an unreachable store or anything
 unexpected is EIO (logged with its traceback).  pyfuse3 only survives ``FUSEError``, so
 nothing else may leave a handler: the daemon never dies of an exception.
+
+``Operations.observer`` (an :class:`OpObserver`, e.g. ``goblinfs.metrics``) is told of every
+handled request: its name, duration and errno, and the bytes of reads and writes.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import pyfuse3
 
@@ -37,29 +41,60 @@ def errno_of(exc: BaseException) -> int:
     return errno.EIO
 
 
+class OpObserver(Protocol):
+    """What is told of the requests the kernel sends; called on the trio thread, must be quick.
+
+    ``operation(name, seconds, code)``: a handler ended after *seconds*, with errno *code* (0:
+    success).  ``transferred(direction, nbytes)``: bytes returned by a read (``"read"``) or
+    accepted by a write (``"write"``).
+    """
+
+    def operation(self, name: str, seconds: float, code: int) -> None: ...
+
+    def transferred(self, direction: str, nbytes: int) -> None: ...
+
+
+def _observe(observer: OpObserver | None, name: str, start: float, code: int) -> None:
+    if observer is None:
+        return
+    try:
+        observer.operation(name, time.monotonic() - start, code)
+    except Exception:  # never let statistics fail a request
+        log.debug("operation observer failed", exc_info=True)
+
+
 def _errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """fn as a pyfuse3 handler: every failure leaves it as a FUSEError with its errno (``errno_of``)."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        observer: OpObserver | None = getattr(args[0], "observer", None) if args else None
+        start = time.monotonic() if observer is not None else 0.0
         try:
-            return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
+            result = await fn(*args, **kwargs)
+        except pyfuse3.FUSEError as exc:
+            _observe(observer, fn.__name__, start, exc.errno)
             raise
         except (OSError, InvalidFilepath) as exc:
             code = errno_of(exc)
             level = logging.WARNING if code == errno.EIO else logging.DEBUG
             log.log(level, "%s: %s", fn.__name__, exc)
+            _observe(observer, fn.__name__, start, code)
             raise pyfuse3.FUSEError(code) from None
         except StorageUnavailable as exc:
             log.error("%s: store unavailable: %s", fn.__name__, exc)
+            _observe(observer, fn.__name__, start, errno.EIO)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except StorageError as exc:
             log.error("%s: store error: %s", fn.__name__, exc)
+            _observe(observer, fn.__name__, start, errno.EIO)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
             log.exception("%s failed unexpectedly", fn.__name__)
+            _observe(observer, fn.__name__, start, errno.EIO)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        _observe(observer, fn.__name__, start, 0)
+        return result
 
     return wrapper
 
@@ -89,9 +124,18 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, vfs: Vfs) -> None:
+    def __init__(self, vfs: Vfs, observer: OpObserver | None = None) -> None:
         super().__init__()
         self.vfs = vfs
+        #: Told of every request (metrics); None: nothing is measured.
+        self.observer = observer
+
+    def _transferred(self, direction: str, nbytes: int) -> None:
+        if self.observer is not None:
+            try:
+                self.observer.transferred(direction, nbytes)
+            except Exception:
+                log.debug("operation observer failed", exc_info=True)
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         return entry_attributes(self.vfs.attr(node), self.vfs.options.attr_timeout)
@@ -169,11 +213,15 @@ class Operations(pyfuse3.Operations):
     # (PyObject_GetBuffer in fuse_read_async): returning the Vfs's memoryview spares a copy per read.
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
-        return await self.vfs.read(fh, off, size)
+        data = await self.vfs.read(fh, off, size)
+        self._transferred("read", len(data))
+        return data
 
     @_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self.vfs.write(fh, off, buf)
+        written = await self.vfs.write(fh, off, buf)
+        self._transferred("write", written)
+        return written
 
     @_errors
     async def flush(self, fh: int) -> None:
@@ -184,10 +232,14 @@ class Operations(pyfuse3.Operations):
         await self.vfs.fsync(fh, datasync)
 
     async def release(self, fh: int) -> None:
+        start = time.monotonic()
+        code = 0
         try:
             await self.vfs.release(fh)
-        except Exception:
+        except Exception as exc:
             log.exception("release failed")
+            code = errno_of(exc)
+        _observe(self.observer, "release", start, code)
 
     @_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

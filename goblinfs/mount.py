@@ -18,6 +18,7 @@ import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -28,6 +29,9 @@ from .status import install_error_log
 from .storage import Error as StorageError
 from .vfs import Options, StoreMount, Vfs
 from .workbench import WorkbenchManager
+
+if TYPE_CHECKING:
+    from .metrics import MountMetrics
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,8 @@ class MountOptions:
     attr_timeout_set: bool = False
     dir_timeout_set: bool = False
     logfile: str | None = None
+    #: HOST:PORT to serve Prometheus metrics on (goblinfs.metrics); None: no metrics.
+    metrics: str | None = None
 
 
 def parse_options(pairs: list[str], base: MountOptions | None = None) -> MountOptions:
@@ -118,6 +124,8 @@ def parse_options(pairs: list[str], base: MountOptions | None = None) -> MountOp
                 opts.vfs.gc_grace = None
             elif key == "logfile":
                 opts.logfile = value
+            elif key == "metrics":
+                opts.metrics = _metrics_address(word, value)
             elif key == "debug":
                 opts.debug = True
             elif key in FUSE_PASSTHROUGH and not has_value:
@@ -191,6 +199,39 @@ def check_mountpoint(mountpoint: str) -> None:
 class Prepared:
     vfs: Vfs
     fuse_options: set[str]
+    #: The metrics being served (-o metrics=), stopped when run() ends.
+    metrics: MountMetrics | None = None
+
+
+def _metrics_address(word: str, value: str) -> str:
+    from .metrics import parse_address  # prometheus-client is loaded only when metrics are asked for
+
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise MountFailed(f"mount option {word!r}: {exc}") from None
+    return value
+
+
+def _start_metrics(addr: str, vfs: Vfs) -> MountMetrics:
+    """Serve the mount's metrics at addr; MountFailed with one line if it cannot listen there."""
+    from .metrics import MountMetrics
+
+    try:
+        return MountMetrics(addr, vfs, lambda: pyfuse3.trio_token)
+    except ValueError as exc:
+        raise MountFailed(f"metrics={addr}: {exc}") from None
+    except OSError as exc:
+        raise MountFailed(f"metrics={addr}: cannot listen there: {exc.strerror or exc}") from None
+
+
+def _stop_metrics(prepared: Prepared) -> None:
+    if prepared.metrics is not None:
+        try:
+            prepared.metrics.close()
+        except Exception as exc:
+            log.warning("stopping the metrics server: %s", exc)
+        prepared.metrics = None
 
 
 def _make_base_dir(store: str, base_dir: str) -> None:
@@ -265,7 +306,8 @@ def prepare(config: GoblinConfig, mountpoint: str, opts: MountOptions, only_stor
         fuse_options.add("default_permissions")
     if opts.debug:
         fuse_options.add("debug")
-    return Prepared(vfs, fuse_options)
+    metrics = _start_metrics(opts.metrics, vfs) if opts.metrics else None
+    return Prepared(vfs, fuse_options, metrics)
 
 
 def _raise_readahead(mountpoint: str, kb: int = 1024) -> None:
@@ -287,10 +329,11 @@ def run(prepared: Prepared, mountpoint: str, ready: Callable[[], None] | None = 
     faulthandler.enable()
     with contextlib.suppress(AttributeError, ValueError):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    ops = Operations(prepared.vfs)
+    ops = Operations(prepared.vfs, observer=prepared.metrics.fuse if prepared.metrics is not None else None)
     try:
         pyfuse3.init(ops, mountpoint, prepared.fuse_options)
     except RuntimeError as exc:
+        _stop_metrics(prepared)
         raise MountFailed(f"cannot mount at {mountpoint}: {exc}") from None
     clean = False
     try:
@@ -301,6 +344,7 @@ def run(prepared: Prepared, mountpoint: str, ready: Callable[[], None] | None = 
             pyfuse3.close(unmount=True)
         except Exception as exc:  # already unmounted from outside
             log.debug("close: %s", exc)
+        _stop_metrics(prepared)
     return 0 if clean else 1
 
 

@@ -164,9 +164,12 @@ class ReadCache:
         self._key_locks: dict[str, threading.Lock] = {}
         self._items: OrderedDict[str, _Item] = OrderedDict()
         self.total = 0
-        #: Counters, for tests and statistics.
+        #: Counters, for tests and statistics (goblinfs.metrics): opens served by a kept copy
+        #: (``lookup``, ``localize``, or ``count(hit=True)``), opens that had to fetch the
+        #: object, and copies evicted to make room.
         self.hits = 0
         self.misses = 0
+        self.evictions = 0
         self._load()
 
     # ----------------------------------------------------------------- index
@@ -223,7 +226,8 @@ class ReadCache:
                size: int | None = None) -> str | None:
         """The cached path if the object with this ETag (and size, if given) is cached, else None.
 
-        No download.  A copy whose recorded size is not ``size`` is dropped: it is not the object.
+        No download; a copy found counts as a hit.  A copy whose recorded size is not ``size`` is
+        dropped: it is not the object.
         """
         key, ident = self.key_for(storage, filepath)
         with self._lock:
@@ -234,8 +238,18 @@ class ReadCache:
                 log.warning("read cache: dropping %s: %d bytes kept, the object has %d", ident, item.size, size)
                 self._drop(item)
                 return None
+            self.hits += 1
             self._touch(item)
             return self._data_path(key)
+
+    def count(self, hit: bool) -> None:
+        """Count an open the caller served without ``lookup``/``localize``: sharing a download in
+        progress (a hit) or downloading past the cache (a miss)."""
+        with self._lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
 
     def localize(self, storage: StorageInterface, filepath: Sequence[str], etag: str | None = None,
                  fetch: Callable[[str], str | None] | None = None, size: int | None = None) -> str:
@@ -419,6 +433,7 @@ class ReadCache:
         oldest = next(iter(self._items.values()))
         log.debug("read cache: evicting %s (%d bytes)", oldest.ident, oldest.size)
         self._drop(oldest)
+        self.evictions += 1
 
     def _disk_free(self) -> int:
         st = os.statvfs(self.directory)

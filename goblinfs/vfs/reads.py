@@ -401,7 +401,9 @@ class ReadsMixin(VfsBase):
         if fd is not None:
             return self._new_handle(node, fd, False, True, keep_cache=keep)
         download = _joinable(node, entry)
-        if download is None:
+        if download is not None:
+            self.cache.count(hit=True)  # a download in progress is shared, not repeated
+        else:
             if entry.size <= self.options.stream_threshold:
                 fd = await self._localize(node, entry)
                 if fd is not None:
@@ -421,6 +423,7 @@ class ReadsMixin(VfsBase):
         store = node.store
         assert store is not None and self.cache is not None
         if not self.cache.fits(entry.size):
+            self.cache.count(hit=False)
             return None
         for _attempt in range(2):  # evicted between localize and open (another download made room)
             try:
@@ -444,7 +447,9 @@ class ReadsMixin(VfsBase):
         room = cache.fits(entry.size) and await store.call(cache.make_room, entry.size)
         joined = _joinable(node, entry)  # another open of it may have started one meanwhile
         if joined is not None:
+            cache.count(hit=True)
             return joined
+        cache.count(hit=False)
         download = Download(node, entry.size, entry.etag or "")
         node.download = download
         if not room:

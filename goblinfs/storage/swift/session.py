@@ -40,7 +40,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import urllib3.exceptions
 from requests.exceptions import RequestException
@@ -69,6 +69,109 @@ TRANSIENT_STATUSES = frozenset({408, 429, 498, 499})
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     RequestException, ConnectionError, TimeoutError, socket.timeout, socket.gaierror,
     http.client.HTTPException, urllib3.exceptions.HTTPError)
+
+
+class RequestObserver(Protocol):
+    """What is told of every Swift request (e.g. ``goblinfs.metrics``; the storage layer imports
+    no metrics library).  Called from the threads doing the requests; must be quick and never raise.
+
+    * ``attempt(method, status, seconds)``: one HTTP exchange ended: its method (``GET``, ``PUT``,
+      ``HEAD``, ``POST``, ``DELETE``, ``AUTH`` for a login), its status (``"2xx"`` for a success,
+      the code of an error answer such as ``"404"`` or ``"503"``, ``"timeout"`` or ``"error"`` when
+      no answer came) and how long it took (to the response headers);
+    * ``retry(method)``: a transient failure is followed by another attempt;
+    * ``gave_up(method)``: a request failed for good after transient failures (retries exhausted);
+    * ``transferred(direction, nbytes)``: body bytes Swift acknowledged (``"up"``, successful PUTs)
+      or sent us (``"down"``, GET bodies as they are read).
+    """
+
+    def attempt(self, method: str, status: str, seconds: float) -> None: ...
+
+    def retry(self, method: str) -> None: ...
+
+    def gave_up(self, method: str) -> None: ...
+
+    def transferred(self, direction: str, nbytes: int) -> None: ...
+
+
+_observers: tuple[RequestObserver, ...] = ()
+_observers_lock = threading.Lock()
+
+
+def add_observer(observer: RequestObserver) -> None:
+    """Tell *observer* of every Swift request of this process from now on."""
+    global _observers
+    with _observers_lock:
+        _observers = (*_observers, observer)
+
+
+def remove_observer(observer: RequestObserver) -> None:
+    """Stop telling *observer* (no error if it was not added)."""
+    global _observers
+    with _observers_lock:
+        _observers = tuple(o for o in _observers if o is not observer)
+
+
+def _notify(event: str, *args: Any) -> None:
+    for observer in _observers:
+        try:
+            getattr(observer, event)(*args)
+        except Exception:  # an observer never breaks a request
+            log.debug("Swift request observer %r failed on %s", observer, event, exc_info=True)
+
+
+#: The HTTP method of each swiftclient Connection method (for observers).
+HTTP_METHODS = {"get_object": "GET", "get_container": "GET", "get_account": "GET", "get_capabilities": "GET",
+                "head_object": "HEAD", "head_container": "HEAD", "head_account": "HEAD",
+                "put_object": "PUT", "put_container": "PUT", "post_object": "POST", "post_container": "POST",
+                "post_account": "POST", "delete_object": "DELETE", "delete_container": "DELETE",
+                "copy_object": "COPY"}
+
+
+def status_label(exc: BaseException) -> str:
+    """How a failed attempt is told to observers: the HTTP status, ``timeout`` or ``error``."""
+    if isinstance(exc, _TokenRefused):
+        return "401"
+    if isinstance(exc, _AuthRefused):
+        return str(exc.status)
+    if isinstance(exc, ClientException) and exc.http_status is not None:
+        return str(exc.http_status)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (TimeoutError, socket.timeout)) or type(current).__name__.endswith("Timeout"):
+            return "timeout"
+        current = current.__cause__ or current.__context__
+    return "error"
+
+
+class _CountingBody:
+    """A GET body (swiftclient's ``_ObjectBody``) telling observers of the bytes read from it."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def read(self, length: int | None = None) -> bytes:
+        data = self._body.read(length)
+        if data:
+            _notify("transferred", "down", len(data))
+        return data
+
+    def __iter__(self) -> _CountingBody:
+        return self
+
+    def __next__(self) -> bytes:
+        data = next(self._body)
+        if data:
+            _notify("transferred", "down", len(data))
+        return data
+
+    def close(self) -> None:
+        self._body.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._body, name)
 
 
 class _ChunkSourceError(Exception):
@@ -128,12 +231,18 @@ class _Connection(Connection):
         self._on_auth = on_auth
 
     def get_auth(self) -> tuple[str, str]:
+        start = time.monotonic()
         try:
             url, token = super().get_auth()
         except ClientException as exc:
+            _notify("attempt", "AUTH", status_label(exc), time.monotonic() - start)
             if exc.http_status in (401, 403):
                 raise _AuthRefused(exc.http_status) from None
             raise
+        except Exception as exc:
+            _notify("attempt", "AUTH", status_label(exc), time.monotonic() - start)
+            raise
+        _notify("attempt", "AUTH", "2xx", time.monotonic() - start)
         self._on_auth(url, token)
         return url, token
 
@@ -261,12 +370,13 @@ class SwiftSession:
         return time.monotonic() + self.retry_deadline
 
     def retrying(self, attempt: Callable[[float], T], *, what: str, deadline: float | None = None,
-                 on_failure: Callable[[BaseException], None] | None = None) -> T:
+                 on_failure: Callable[[BaseException], None] | None = None, method: str | None = None) -> T:
         """``attempt(timeout)`` until it succeeds, raises a non-transient error, or the deadline.
 
         *timeout* is the time the attempt may take (the per-attempt timeout, less near the
         deadline).  *on_failure* runs after each failed attempt (to drop a broken connection).
-        The last error is re-raised as it is; callers map it.
+        The last error is re-raised as it is; callers map it.  With *method* (the HTTP method),
+        observers are told of each attempt, retry and giving up (see :class:`RequestObserver`).
         """
         end = deadline if deadline is not None else self.deadline()
         refused_end = time.monotonic() + min(REFUSED_DEADLINE, self.retry_deadline)
@@ -274,9 +384,12 @@ class SwiftSession:
         tries = 0
         while True:
             remaining = end - time.monotonic()
+            start = time.monotonic()
             try:
-                return attempt(max(min(self.timeout, remaining), MIN_ATTEMPT))
+                result = attempt(max(min(self.timeout, remaining), MIN_ATTEMPT))
             except Exception as exc:
+                if method is not None and not isinstance(exc, _ChunkSourceError):
+                    _notify("attempt", method, status_label(exc), time.monotonic() - start)
                 if on_failure is not None:
                     on_failure(exc)
                 if not is_transient(exc):
@@ -287,10 +400,18 @@ class SwiftSession:
                 wait = min(random.uniform(backoff / 2, backoff), last - MIN_ATTEMPT - time.monotonic())
                 if (self.retries is not None and tries > self.retries) or wait < 0:
                     log.warning("Swift request %s failed after %d attempt(s): %s", what, tries, exc)
+                    if method is not None:
+                        _notify("gave_up", method)
                     raise
+                if method is not None:
+                    _notify("retry", method)
                 log.info("Swift request %s failed (%s); attempt %d in %.2f s", what, exc, tries + 1, wait)
                 time.sleep(wait)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+            else:
+                if method is not None:
+                    _notify("attempt", method, "2xx", time.monotonic() - start)
+                return result
 
     def call(self, method: str, *args: Any, name: str | None = None, conn: Connection | None = None,
              passthrough: tuple[int, ...] = (), deadline: float | None = None, **kwargs: Any) -> Any:
@@ -322,7 +443,11 @@ class SwiftSession:
 
         what = f"{method} {name if name is not None else ''}".rstrip()
         try:
-            return self.retrying(attempt, what=what, deadline=deadline, on_failure=failed)
+            result = self.retrying(attempt, what=what, deadline=deadline, on_failure=failed,
+                                   method=HTTP_METHODS.get(method, method.upper()))
+            if _observers:
+                result = self._observe_body(method, args, kwargs, result)
+            return result
         except ClientException as exc:
             if exc.http_status in passthrough:
                 raise
@@ -333,6 +458,25 @@ class SwiftSession:
             if mapped is None:
                 raise
             raise mapped from exc
+
+    @staticmethod
+    def _observe_body(method: str, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> Any:
+        """Tell observers of the body bytes of a successful call: a PUT's now, a GET's as it is read."""
+        if method == "put_object":
+            body = args[2] if len(args) > 2 else None
+            size = kwargs.get("content_length")
+            if size is None and isinstance(body, (bytes, bytearray, memoryview, str)):
+                size = len(body)
+            if size:
+                _notify("transferred", "up", int(size))
+        elif method == "get_object" and isinstance(result, tuple) and len(result) == 2:
+            headers, body = result
+            if isinstance(body, (bytes, bytearray)):
+                if body:
+                    _notify("transferred", "down", len(body))
+            elif body is not None:
+                return headers, _CountingBody(body)
+        return result
 
     def _auth_of(self, conn: _Connection, deadline: float) -> tuple[str, str]:
         if not conn.url or not conn.token:
@@ -398,10 +542,12 @@ class SwiftSession:
                 http_conn.putheader("Transfer-Encoding", "chunked")
                 http_conn.putheader("Content-Type", "application/octet-stream")
                 http_conn.endheaders()
+                sent = 0
                 for chunk in source():
                     http_conn.send(b"%x\r\n" % len(chunk))
                     http_conn.send(chunk)
                     http_conn.send(b"\r\n")
+                    sent += len(chunk)
                 http_conn.send(b"0\r\n\r\n")
                 response = http_conn.getresponse()
                 body = response.read()
@@ -416,10 +562,12 @@ class SwiftSession:
             if response.status >= 300:
                 raise ClientException(f"Object PUT failed: {body[:200]!r}", http_status=response.status,
                                       http_reason=response.reason)
+            if sent:
+                _notify("transferred", "up", sent)
             return response.getheader("etag")
 
         try:
-            return self.retrying(attempt, what=f"PUT {container}/{name}", deadline=end)
+            return self.retrying(attempt, what=f"PUT {container}/{name}", deadline=end, method="PUT")
         except _ChunkSourceError as exc:
             raise exc.error from None
         except Exception as exc:
