@@ -635,8 +635,9 @@ class Sync:
                 if isinstance(self.dst, LocalEndpoint):
                     os.makedirs(self.dst.path(path), exist_ok=True)
                 else:
+                    # One PUT of the marker: its parents exist through it (no markers for them).
                     with contextlib.suppress(FileExistsError):
-                        self.dst.store.make_dir(ExactPath(path))
+                        self.dst.store.make_dir(ExactPath(path), new=True)
                     mtime_ns = src_tree.dirs.get(path)
                     if mtime_ns:
                         self.dst.store.set_mtime(ExactPath(path), mtime_ns)
@@ -1136,55 +1137,61 @@ def run_command(src_spec: str, dst_spec: str, options: Options, *, as_json: bool
 
     0: everything copied and verified (or up to date); 1: some file failed (listed on stderr);
     2: an endpoint cannot be used (one line); 128+N: stopped by signal N (SIGINT, SIGTERM) after
-    the copies in flight ended cleanly.  A second signal exits at once, removing the
-    temporary files of the copies still running (Swift publishes nothing unfinished).
+    the copies in flight ended or were abandoned cleanly.  A second signal exits at once,
+    removing the temporary files of the copies still running (Swift publishes nothing
+    unfinished: an SLO upload cut there leaves segments for ``goblinfs gc``).
     """
     import signal
     import sys
+
+    jobs: list[Sync] = []
+    stopped_by: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if not jobs:  # still opening the endpoints: nothing was written yet
+            os.write(2, b"goblinfs sync: stopped before anything was copied\n")
+            os._exit(128 + signum)
+        if stopped_by:
+            jobs[0].remove_temp_files()
+            os.write(2, b"goblinfs sync: stopped at once\n")
+            os._exit(128 + signum)
+        stopped_by.append(signum)
+        jobs[0].cancel()
+        os.write(2, b"goblinfs sync: stopping: no new files; copies in flight end or are abandoned "
+                    b"(signal again to exit at once)\n")
 
     def fail(message: str) -> int:
         print(f"goblinfs sync: {message}", file=sys.stderr)
         return 2
 
-    try:
-        src = open_endpoint(src_spec)
-        dst = open_endpoint(dst_spec, create=not options.dry_run, missing_ok=options.dry_run)
-    except SyncError as exc:
-        return fail(str(exc))
-    tty = sys.stderr.isatty()
-    sink: ProgressSink
-    if progress == "none" or (progress == "auto" and as_json and not tty):
-        sink = NoProgress()
-    elif progress == "bar" or (progress == "auto" and tty):
-        sink = RichProgress()
-    else:
-        sink = PlainProgress(sys.stderr, interval)
-
-    def say(line: str) -> None:
-        print(f"goblinfs sync: {line}", file=sys.stderr, flush=True)
-
-    try:
-        job = Sync(src, dst, options, sink, say)
-    except SyncError as exc:
-        return fail(str(exc))
-    stopped_by: list[int] = []
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if stopped_by:
-            job.remove_temp_files()
-            os.write(2, b"goblinfs sync: stopped at once\n")
-            os._exit(128 + signum)
-        stopped_by.append(signum)
-        job.cancel()
-        os.write(2, b"goblinfs sync: stopping: no new files; copies in flight end or are abandoned "
-                    b"(signal again to exit at once)\n")
-
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        report = job.run()
-    except Exception as exc:  # a listing failed: nothing was copied
-        log.debug("sync failed", exc_info=True)
-        return fail(describe(exc))
+        try:
+            src = open_endpoint(src_spec)
+            dst = open_endpoint(dst_spec, create=not options.dry_run, missing_ok=options.dry_run)
+        except SyncError as exc:
+            return fail(str(exc))
+        tty = sys.stderr.isatty()
+        sink: ProgressSink
+        if progress == "none" or (progress == "auto" and as_json and not tty):
+            sink = NoProgress()
+        elif progress == "bar" or (progress == "auto" and tty):
+            sink = RichProgress()
+        else:
+            sink = PlainProgress(sys.stderr, interval)
+
+        def say(line: str) -> None:
+            print(f"goblinfs sync: {line}", file=sys.stderr, flush=True)
+
+        try:
+            jobs.append(Sync(src, dst, options, sink, say))
+        except SyncError as exc:
+            return fail(str(exc))
+        try:
+            report = jobs[0].run()
+        except Exception as exc:  # a listing failed: nothing was copied
+            log.debug("sync failed", exc_info=True)
+            return fail(describe(exc))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
