@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from werkzeug.utils import secure_filename
 
@@ -87,7 +87,7 @@ class StorageUnavailable(Error):
     """The store cannot be reached or refused us (network down, login refused, 5xx after retries)."""
 
 
-class ExactPath(tuple):
+class ExactPath(tuple[str, ...]):
     """A filepath whose components are used exactly as given, never cleaned.
 
     Components are still validated: each must be a non-empty ``str`` that is not ``.`` or
@@ -154,6 +154,10 @@ class PublishOnClose:
 
     _done: bool
 
+    if TYPE_CHECKING:
+        def close(self) -> None:
+            """Publish (the file object's own close, e.g. ``io.FileIO``'s, after this mixin in the MRO)."""
+
     def discard(self) -> None:  # pragma: no cover - implemented by the classes using the mixin
         raise NotImplementedError()
 
@@ -161,7 +165,7 @@ class PublishOnClose:
         if exc_type is not None:
             self.discard()
         else:
-            self.close()  # type: ignore[attr-defined]
+            self.close()
 
     def __del__(self) -> None:
         if not getattr(self, "_done", True):

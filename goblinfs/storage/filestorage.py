@@ -64,6 +64,7 @@ class FileObjectAwareFile(io.FileIO):
     As MediaGoblin's: ``write`` returns None whichever it is given.
     """
 
+    # Returns None, not io.FileIO's count: MediaGoblin's contract (see above) over the base class's.
     def write(self, data: Any) -> None:  # type: ignore[override]
         if hasattr(data, "read"):
             shutil.copyfileobj(data, self)

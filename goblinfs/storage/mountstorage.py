@@ -45,11 +45,16 @@ class MountStorage(StorageInterface):
         node[None] = backend
         log.debug("mounted %r at %s", backend, dirpath)
 
-    def _resolve_to_backend(self, filepath: Sequence[str]) -> tuple[StorageInterface | None, list[str], dict]:
+    def _resolve_to_backend(self, filepath: Sequence[str]
+                            ) -> tuple[StorageInterface | None, Sequence[str], dict[Any, Any]]:
+        """(deepest store mounted above filepath or None, the rest of filepath, its trie node).
+
+        The rest is an ``ExactPath`` when filepath is one (exact names stay exact), else a list.
+        """
         components = list(resolve_components(filepath))
         node = self.mounttab
         backend = node.get(None)
-        rest = components
+        rest: Sequence[str] = components
         for index, part in enumerate(components):
             if part not in node:
                 break
@@ -61,14 +66,17 @@ class MountStorage(StorageInterface):
             rest = ExactPath(rest)
         return backend, rest, node
 
-    def resolve_to_backend(self, filepath: Sequence[str]) -> tuple[StorageInterface, list[str]]:
-        """(store, remaining components) for filepath; MountError if nothing is mounted there."""
+    def resolve_to_backend(self, filepath: Sequence[str]) -> tuple[StorageInterface, Sequence[str]]:
+        """(store, remaining components) for filepath; MountError if nothing is mounted there.
+
+        The remaining components are an ``ExactPath`` when filepath is one, else a list.
+        """
         backend, rest, _node = self._resolve_to_backend(filepath)
         if backend is None:
             raise MountError("Path not mounted")
         return backend, rest
 
-    def _forward(self, filepath: Sequence[str]) -> tuple[StorageInterface, Any]:
+    def _forward(self, filepath: Sequence[str]) -> tuple[StorageInterface, Sequence[str]]:
         return self.resolve_to_backend(filepath)
 
     # MediaGoblin API, forwarded

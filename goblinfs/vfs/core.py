@@ -395,8 +395,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         node = self.node(ino)
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory")
-        store = node.store
-        assert store is not None
+        store = node.stored_in
         accmode = flags & os.O_ACCMODE
         writable = accmode in (os.O_WRONLY, os.O_RDWR)
         if writable and self.options.ro:
@@ -447,8 +446,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         return self.attr(node)
 
     async def _truncate_local(self, node: Node, size: int, fh: int | None) -> None:
-        store = node.store
-        assert store is not None
+        store = node.stored_in
         handle = self.handles.get(fh) if fh is not None else None
         if handle is not None and handle.fd is not None and handle.writable:
             os.ftruncate(handle.fd, size)

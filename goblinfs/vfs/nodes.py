@@ -152,6 +152,13 @@ class Node:
         #: A remote file being written here: its staging file and write state (writes.RemoteFile).
         self.remote: RemoteFile | None = None
 
+    @property
+    def stored_in(self) -> StoreMount:
+        """The store this node is in; EPERM for the mount's root directory, which is in none."""
+        if self.store is None:
+            raise OSError(errno.EPERM, "the mount's root holds only the stores")
+        return self.store
+
     def __repr__(self) -> str:
         where = self.store.name if self.store else "-"
         return f"<Node {self.ino} {where}:{'/'.join(self.path)}>"

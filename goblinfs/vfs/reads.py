@@ -197,8 +197,7 @@ class RangeReader:
             done.set()
 
     async def _fetch(self, offset: int, length: int) -> bytes:
-        store = self.node.store
-        assert store is not None
+        store = self.node.stored_in
         call: Any = store.storage.read_range
         if self.etag and _takes_etag(type(store.storage).read_range):
             call = functools.partial(call, etag=self.etag)
@@ -388,8 +387,9 @@ class ReadsMixin(VfsBase):
 
     async def _open_remote_read(self, node: Node) -> Handle:
         """Open a remote object for reading: revalidate its ETag, then cache, stream or range-read it."""
-        store = node.store
-        assert store is not None and self.cache is not None
+        store = node.stored_in
+        if self.cache is None:
+            raise OSError(errno.EIO, "no read cache for remote files")
         # Close-to-open: every open revalidates (one HEAD on Swift), whatever the listing said.
         entry = await store.call(store.storage.stat_file, node.path)
         keep = node.keep_cache_etag == entry.etag and entry.etag is not None
@@ -420,8 +420,9 @@ class ReadsMixin(VfsBase):
 
     async def _localize(self, node: Node, entry: Entry) -> int | None:
         """A small object fetched whole into the cache: an fd of the copy, or None (no room)."""
-        store = node.store
-        assert store is not None and self.cache is not None
+        store = node.stored_in
+        if self.cache is None:
+            raise OSError(errno.EIO, "no read cache for remote files")
         if not self.cache.fits(entry.size):
             self.cache.count(hit=False)
             return None
@@ -439,8 +440,9 @@ class ReadsMixin(VfsBase):
 
     async def _start_download(self, node: Node, entry: Entry) -> Download:
         """A Download of a big object: FETCHING into a part file, or DEGRADED if none can be kept."""
-        store = node.store
-        assert store is not None and self.cache is not None
+        store = node.stored_in
+        if self.cache is None:
+            raise OSError(errno.EIO, "no read cache for remote files")
         if self.nursery is None:
             raise OSError(errno.EIO, "no nursery for background downloads")
         cache = self.cache
@@ -605,8 +607,7 @@ class ReadsMixin(VfsBase):
             got = -1
         if got == size:
             return memoryview(buf)
-        assert node.store is not None
-        return await trio.to_thread.run_sync(os.pread, fd, size, offset, limiter=node.store.limiter)
+        return await trio.to_thread.run_sync(os.pread, fd, size, offset, limiter=node.stored_in.limiter)
 
 
 def _close_quietly(source: Any) -> None:

@@ -163,6 +163,13 @@ class RemoteFile:
         self.state = new
         return new
 
+    def failure(self) -> OSError:
+        """What write, flush and fsync of a FAILED file raise: a fresh OSError with the errno of
+        the write that was lost (``error``), EIO if none was recorded."""
+        if self.error is None:
+            return OSError(errno.EIO, "an earlier write to this file failed")
+        return OSError(self.error.errno, self.error.strerror)
+
     def size(self) -> int:
         if self.state is S.STREAMING:
             return self.upload_end
@@ -267,8 +274,7 @@ class WritesMixin(VfsBase):
                 journal.remove(rf.journal_id)
                 rf.journaled = False
             return
-        store = rf.node.store
-        assert store is not None
+        store = rf.node.stored_in
         upload = rf.upload
         record = {"store": store.name, "path": list(rf.node.path), "staging": rf.staging, "state": rf.state.value,
                   "base_etag": rf.base_etag, "absent": rf.absent, "mtime_ns": rf.pending_mtime,
@@ -320,8 +326,9 @@ class WritesMixin(VfsBase):
         based on the ETag one HEAD gives now."""
         if truncate:
             return self._new_remote(node, S.TRUNCATED, node.entry.etag, False, None)
-        store = node.store
-        assert store is not None and self.cache is not None
+        store = node.stored_in
+        if self.cache is None:
+            raise OSError(errno.EIO, "no read cache for remote files")
         entry = await store.call(store.storage.stat_file, node.path)
         source = None
         if entry.size > 0:
@@ -362,8 +369,6 @@ class WritesMixin(VfsBase):
 
     async def _open_remote_write(self, node: Node, truncate: bool, append: bool) -> Handle:
         """Open a remote file for writing: staging started (a copy of the object unless O_TRUNC)."""
-        store = node.store
-        assert store is not None
         async with node.lock:
             rf = node.remote
             if rf is not None and rf.state is S.FAILED and not truncate:
@@ -412,8 +417,7 @@ class WritesMixin(VfsBase):
     async def _settle(self, rf: RemoteFile) -> None:
         """(lock held) Make the staging file hold the whole file: a stream is read back, a
         stale file refilled from the store."""
-        store = rf.node.store
-        assert store is not None
+        store = rf.node.stored_in
         upload = rf.upload
         if upload is not None and upload.started:
             rf.upload = None
@@ -504,8 +508,7 @@ class WritesMixin(VfsBase):
         if rf is None or node.remote is not rf:
             raise OSError(errno.EBADF, "this handle's file is no longer being written")
         if rf.state is S.FAILED:
-            assert rf.error is not None
-            raise OSError(rf.error.errno, rf.error.strerror)
+            raise rf.failure()
         upload = rf.upload
         if handle.append and upload is not None:
             offset = rf.upload_end
@@ -554,8 +557,6 @@ class WritesMixin(VfsBase):
     async def _truncate_remote(self, node: Node, size: int, fh: int | None) -> None:
         """truncate/ftruncate of a remote file: staged and published at the next close, or at
         once when no handle has it open for writing (truncate(1))."""
-        store = node.store
-        assert store is not None
         async with node.lock:
             rf = node.remote
             if rf is None or rf.state is S.ENDED:
@@ -594,11 +595,9 @@ class WritesMixin(VfsBase):
         """(lock held) Store the file's content at its name; the store holds it on return.
         A failure leaves the old object and the staging file (SEALED), and raises EIO."""
         node = rf.node
-        store = node.store
-        assert store is not None
+        store = node.stored_in
         if rf.state is S.FAILED:
-            assert rf.error is not None
-            raise OSError(rf.error.errno, rf.error.strerror)
+            raise rf.failure()
         if rf.state not in PENDING:
             return
         mtime = rf.pending_mtime if rf.pending_mtime is not None else node.entry.mtime_ns
@@ -680,8 +679,7 @@ class WritesMixin(VfsBase):
             if node.remote is not rf:
                 return
             if rf.state is S.FAILED:
-                assert rf.error is not None
-                raise OSError(rf.error.errno, rf.error.strerror)
+                raise rf.failure()
             if rf.state in FLUSH_PUBLISHES:
                 await self._publish(rf)
 
@@ -739,8 +737,7 @@ class WritesMixin(VfsBase):
     async def _end(self, rf: RemoteFile) -> None:
         """(lock held) Writing is over: the staging file becomes the cached copy (CLEAN) or goes."""
         node = rf.node
-        store = node.store
-        assert store is not None
+        store = node.stored_in
         if rf.state is S.CLEAN:
             # Readers opened before writing began read what was published from now on.
             for other in list(self.handles.values()):

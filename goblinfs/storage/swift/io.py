@@ -32,6 +32,10 @@ class _EndedEarly(Exception):
     """A GET body ended before its Content-Length (a connection closed early)."""
 
 
+#: What a reader resumes after (at the byte it stopped at): a body cut short, a transport error.
+_RESUMABLE: tuple[type[BaseException], ...] = (_EndedEarly, *TRANSPORT_ERRORS)
+
+
 def parse_mode(mode: str) -> tuple[str, bool]:
     """An ``io.FileIO``-style mode as (one of 'r', 'w', 'a', 'x'; whether '+')."""
     kinds = [c for c in mode if c in "rwax"]
@@ -109,7 +113,7 @@ class SwiftReader(io.RawIOBase):
                 if not data:
                     raise _EndedEarly(f"{self.name} ended at {self._pos} of {self.size} bytes")
                 break
-            except (_EndedEarly, *TRANSPORT_ERRORS) as exc:
+            except _RESUMABLE as exc:
                 self._close_body()
                 session = self._store.session
                 if deadline is None:
@@ -182,7 +186,7 @@ class SwiftWriter(PublishOnClose, io.FileIO):
     def object_name(self) -> str:
         return self._object_name
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         """Write bytes, or everything a readable file object gives (in chunks); the count written."""
         if hasattr(data, "read"):
             total = 0

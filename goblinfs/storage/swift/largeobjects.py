@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
@@ -90,6 +90,15 @@ def parse_slo_manifest(body: bytes) -> list[tuple[str, str]]:
         if container and obj:
             segments.append((container, obj))
     return segments
+
+
+def _setter(event: threading.Event) -> Callable[[Future[Any]], None]:
+    """A future's done-callback that sets event (this one, bound now)."""
+
+    def done(_future: Future[Any]) -> None:
+        event.set()
+
+    return done
 
 
 class _HashingBody(LengthWrapper):
@@ -310,7 +319,7 @@ class SegmentStream(_Segments, Upload):
                     break
                 sent_all = threading.Event()
                 future = self.store._executor().submit(self._put_segment, index, first, sent_all)
-                future.add_done_callback(lambda _f, event=sent_all: event.set())
+                future.add_done_callback(_setter(sent_all))
                 futures.append(future)
                 self._submitted = len(futures)
                 sent_all.wait()

@@ -95,7 +95,9 @@ def split_content_type(value: str | None) -> tuple[str | None, int | None]:
 
 def is_directory_type(content_type: str | None) -> bool:
     """True for ``application/directory`` (parameters and case ignored)."""
-    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == DIRECTORY_TYPE
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == DIRECTORY_TYPE
 
 
 _LISTING_TIME_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z?")
@@ -155,7 +157,9 @@ def header_meta(headers: Mapping[str, str]) -> dict[str, str]:
 
 def is_slo(headers: Mapping[str, str] | None) -> bool:
     """Whether HEAD headers are those of a Static Large Object manifest."""
-    return bool(headers) and str(headers.get("x-static-large-object", "")).lower() == "true"
+    if not headers:
+        return False
+    return str(headers.get("x-static-large-object", "")).lower() == "true"
 
 
 def dlo_prefix(headers: Mapping[str, str] | None) -> tuple[str, str] | None:
