@@ -76,10 +76,13 @@ def cmd_mount(argv: list[str], prog: str = "goblinfs mount") -> int:
         return _fail(str(exc))
 
     if args.foreground:
+        from .systemd import Notifier
+
         setup_logging(opts.debug, opts.logfile)
         try:
             prepared = prepare(config, mountpoint, opts, store)
-            return run(prepared, mountpoint)
+            # Under systemd (Type=notify) this process is the service: READY=1, STATUS=, STOPPING=1.
+            return run(prepared, mountpoint, notifier=Notifier())
         except (ConfigError, MountFailed) as exc:
             return _fail(str(exc))
         except OSError as exc:
@@ -103,6 +106,7 @@ def _config_words(options: dict[str, str]) -> list[str]:
 def _daemonize(config: object, mountpoint: str, opts: object, store: str | None) -> int:
     """Fork; the child mounts and reports 'ready' or the error line through a pipe."""
     from .mount import MountFailed, prepare, run, setup_logging
+    from .systemd import Notifier
 
     logfile = opts.logfile or os.path.join(  # type: ignore[attr-defined]
         opts.cache_dir or config.workbench_path, "goblinfs.log")  # type: ignore[attr-defined]
@@ -119,6 +123,8 @@ def _daemonize(config: object, mountpoint: str, opts: object, store: str | None)
         with os.fdopen(read_fd, "rb") as pipe:
             message = pipe.read().decode(errors="replace").strip()
         if message == "ready":
+            # A Type=notify unit without -f: this process is the one systemd watches; hand over.
+            Notifier().forked_ready(pid)
             return 0
         os.waitpid(pid, 0)
         return _fail(message or "the mount daemon exited before the mount was ready")
@@ -142,7 +148,7 @@ def _daemonize(config: object, mountpoint: str, opts: object, store: str | None)
             os.close(write_fd)
 
         try:
-            status = run(prepared, mountpoint, ready)
+            status = run(prepared, mountpoint, ready, Notifier(forked=True))
         except MountFailed as exc:
             os.write(write_fd, str(exc).encode())
     except BaseException as exc:

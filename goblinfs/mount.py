@@ -27,6 +27,7 @@ from .config import ConfigError, GoblinConfig, ensure_local_dirs
 from .fuse_ops import Operations
 from .status import install_error_log
 from .storage import Error as StorageError
+from .systemd import JournalFormatter, Notifier, report_status, safe_status_line, stderr_is_journal
 from .vfs import Options, StoreMount, Vfs
 from .workbench import WorkbenchManager
 
@@ -324,8 +325,13 @@ def _raise_readahead(mountpoint: str, kb: int = 1024) -> None:
         log.debug("could not raise read-ahead: %s", exc)
 
 
-def run(prepared: Prepared, mountpoint: str, ready: Callable[[], None] | None = None) -> int:
-    """Mount and serve until unmounted or signalled; returns the exit status."""
+def run(prepared: Prepared, mountpoint: str, ready: Callable[[], None] | None = None,
+        notifier: Notifier | None = None) -> int:
+    """Mount and serve until unmounted or signalled; returns the exit status.
+
+    ``ready`` is called (and ``notifier`` sends READY=1, see goblinfs.systemd) once the mount
+    answers: a stat of its root came back through the FUSE session.  MountFailed if it never does.
+    """
     faulthandler.enable()
     with contextlib.suppress(AttributeError, ValueError):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -336,8 +342,9 @@ def run(prepared: Prepared, mountpoint: str, ready: Callable[[], None] | None = 
         _stop_metrics(prepared)
         raise MountFailed(f"cannot mount at {mountpoint}: {exc}") from None
     clean = False
+    not_answering: str | None = None
     try:
-        trio.run(_serve, prepared.vfs, mountpoint, ready)
+        not_answering = trio.run(_serve, prepared.vfs, mountpoint, ready, notifier or Notifier.off())
         clean = True
     finally:
         try:
@@ -345,43 +352,80 @@ def run(prepared: Prepared, mountpoint: str, ready: Callable[[], None] | None = 
         except Exception as exc:  # already unmounted from outside
             log.debug("close: %s", exc)
         _stop_metrics(prepared)
+    if not_answering is not None:
+        raise MountFailed(f"the mount at {mountpoint} does not answer: {not_answering}")
     return 0 if clean else 1
 
 
-async def _serve(vfs: Vfs, mountpoint: str, ready: Callable[[], None] | None) -> None:
+async def _root_answers(mountpoint: str, startup: trio.CancelScope) -> str | None:
+    """None once a stat of the mountpoint's root came back (through our own FUSE session), else why not.
+
+    A signal during the stat cancels ``startup``: the blocked thread is abandoned (the unmount
+    after the session ends frees it) instead of waiting for a session that no longer answers.
+    """
+    with startup:
+        try:
+            await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+    return "stopped by a signal before it was ready"
+
+
+async def _serve(vfs: Vfs, mountpoint: str, ready: Callable[[], None] | None, notifier: Notifier) -> str | None:
+    """Serve until the session ends, then drain; returns why the mount did not answer (None: it did)."""
+    startup = trio.CancelScope()
     async with trio.open_nursery() as nursery:
         vfs.nursery = nursery
-        nursery.start_soon(_signals, nursery.cancel_scope)
+        nursery.start_soon(_signals, startup, notifier)
         async with trio.open_nursery() as fuse_nursery:
             fuse_nursery.start_soon(_fuse_main)
             await trio.sleep(0)
             await trio.to_thread.run_sync(_raise_readahead, mountpoint)
-            log.info("goblinfs mounted at %s (stores: %s)", mountpoint, ", ".join(vfs.stores))
-            if ready is not None:
-                ready()
+            problem = await _root_answers(mountpoint, startup)
+            if problem is not None:
+                log.error("goblinfs at %s: the mount does not answer (%s): unmounting", mountpoint, problem)
+                pyfuse3.terminate()
+            else:
+                log.info("goblinfs mounted at %s (stores: %s)", mountpoint, ", ".join(vfs.stores))
+                if ready is not None:
+                    ready()
+                if notifier.enabled:
+                    notifier.ready(safe_status_line(vfs.status, mountpoint))
+                    nursery.start_soon(report_status, notifier, vfs.status, mountpoint)
         # The session ended (unmount or terminate): push anything still dirty.
+        if notifier.enabled:
+            notifier.stopping()
+            notifier.status(safe_status_line(vfs.status, mountpoint, stopping=True))
         await vfs.shutdown()
         nursery.cancel_scope.cancel()
     log.info("goblinfs at %s: stopped", mountpoint)
+    return problem
 
 
 async def _fuse_main() -> None:
     await pyfuse3.main(min_tasks=2, max_tasks=64)
 
 
-async def _signals(scope: trio.CancelScope) -> None:
+async def _signals(startup: trio.CancelScope, notifier: Notifier) -> None:
+    """SIGTERM/SIGINT end the session (STOPPING=1 to systemd first); SIGHUP is ignored."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 continue
             log.info("signal %d: unmounting", signum)
+            notifier.stopping()
+            startup.cancel()
             pyfuse3.terminate()
 
 
 def setup_logging(debug: bool, logfile: str | None) -> None:
     handler: logging.Handler
     handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if logfile is None and stderr_is_journal():
+        handler.setFormatter(JournalFormatter())  # systemd: priorities as <N> prefixes, no timestamps
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
