@@ -42,7 +42,7 @@ from typing import Any
 
 import pytest
 
-from .mountutil import Mounted, force_unmount, is_mounted, write_local_config
+from .mountutil import Mounted, force_unmount, is_mounted, wait_until, write_local_config
 
 pytestmark = pytest.mark.fuse
 
@@ -688,8 +688,8 @@ def test_service_unit_verifies(tmp_path: Path) -> None:
     assert exec_start[2] == "/srv/mediagoblin/mediagoblin.ini" and exec_start[3] == "/srv/mediagoblin/mnt"
     assert "network-online.target" in _unit_value(text, "After")
     assert _unit_value(text, "Restart") == "on-failure"
-    # Type=forking goes with the background mode, Type=simple/exec with -f: never mixed.
-    assert ("-f" in exec_start) == (_unit_value(text, "Type") in ("simple", "exec"))
+    # Type=forking goes with the background mode, Type=simple/exec/notify with -f: never mixed.
+    assert ("-f" in exec_start) == (_unit_value(text, "Type") in ("simple", "exec", "notify"))
     _srv_setup(tmp_path)
     local = _localize(text, tmp_path).replace("/usr/local/bin/goblinfs", str(GOBLINFS))
     assert str(GOBLINFS) in _unit_value(local, "ExecStart")
@@ -708,20 +708,23 @@ def test_service_unit_verifies(tmp_path: Path) -> None:
 
 
 def test_service_exec_start_mounts_and_sigterm_stops(tmp_path: Path, mounts: Mounts) -> None:
-    """Run the service's ExecStart as systemd would (forking), then stop it as systemd would (SIGTERM)."""
+    """Run the service's ExecStart as systemd would (in the foreground: Type=notify, -f), then stop it
+    as systemd would (SIGTERM).  The notifications themselves: tests/test_systemd.py."""
     text = (sorted(CONTRIB.glob("*.service"))[0]).read_text()
     _config, mnt, public = _srv_setup(tmp_path)
     mounts.watch(mnt)
     local = _localize(text, tmp_path).replace("/usr/local/bin/goblinfs", str(GOBLINFS))
     exec_start = shlex.split(_unit_value(local, "ExecStart"))
-    assert "-f" not in exec_start, "this test runs the forking form"
-    result = subprocess.run(exec_start, capture_output=True, text=True, timeout=60, cwd="/")
-    assert_ok(result)
-    assert fstype(mnt) == "fuse.goblinfs"
-    pid = mounts.daemon(mnt)
+    assert "-f" in exec_start, "this test runs the foreground form"
+    service = subprocess.Popen(exec_start, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/")
+    mounts.pids.add(service.pid)
+    assert wait_until(lambda: fstype(mnt) == "fuse.goblinfs" or service.poll() is not None, 60)
+    assert service.poll() is None, service.communicate()[0]
+    assert mounts.daemon(mnt) == service.pid  # the main process is the daemon
     (mnt / "public" / "svc.txt").write_text("service")
-    os.kill(pid, signal.SIGTERM)
-    assert wait_gone([pid], 30.0) == []
+    service.send_signal(signal.SIGTERM)
+    out, _err = service.communicate(timeout=30)
+    assert service.returncode == 0, out
     assert not mount_entries(mnt)
     assert (public / "svc.txt").read_text() == "service"
 
