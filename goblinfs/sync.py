@@ -43,7 +43,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -175,7 +175,7 @@ class Endpoint(Protocol):
 
     label: str
 
-    def scan(self) -> Tree: ...
+    def scan(self, clean: bool = False) -> Tree: ...
 
     def cannot_hold(self, path: Path) -> str | None: ...
 
@@ -196,8 +196,10 @@ class LocalEndpoint:
     def path(self, path: Path) -> str:
         return os.path.join(self.root, *path)
 
-    def scan(self) -> Tree:
-        """Walk the directory (no symlink is followed); our stale temporary files are deleted."""
+    def scan(self, clean: bool = False) -> Tree:
+        """Walk the directory (no symlink is followed).  Our temporary files are never listed;
+        with *clean* (a destination), those older than STALE_TMP_SECONDS (left by a killed run)
+        are deleted."""
         tree = Tree()
         if not os.path.isdir(self.root):
             return tree
@@ -220,7 +222,7 @@ class LocalEndpoint:
                     tree.problems.append((show(path), f"cannot stat: {exc.strerror or exc}"))
                     continue
                 if entry.name.startswith(TMP_PREFIX):
-                    if now - st.st_mtime > STALE_TMP_SECONDS:
+                    if clean and now - st.st_mtime > STALE_TMP_SECONDS:
                         with contextlib.suppress(OSError):
                             os.unlink(entry.path)
                     continue
@@ -264,7 +266,7 @@ class SwiftEndpoint:
     def account_url(self) -> str | None:
         return self.store.session.storage_url
 
-    def scan(self) -> Tree:
+    def scan(self, clean: bool = False) -> Tree:
         """One flat listing of the container (10,000 names a request).
 
         Zero-byte objects may be DLO manifests (listed with 0 bytes): those are HEADed, in parallel.
@@ -557,9 +559,8 @@ class Sync:
     def _run(self) -> None:
         report = self.report
         src_tree = self.src.scan()
-        dst_tree = self.dst.scan()
-        for name, why in src_tree.problems:
-            report.failed.append((name, why))
+        dst_tree = self.dst.scan(clean=not self.options.dry_run)
+        report.failed.extend(src_tree.problems)
         report.files = len(src_tree.files)
         report.bytes_total = sum(info.size for info in src_tree.files.values())
         jobs: list[tuple[Path, FileInfo, FileInfo | None]] = []
@@ -658,11 +659,11 @@ class Sync:
 
     # ------------------------------------------------------------------ delete
 
-    @staticmethod
-    def _to_delete(src_tree: Tree, dst_tree: Tree) -> tuple[list[Path], list[Path]]:
+    def _to_delete(self, src_tree: Tree, dst_tree: Tree) -> tuple[list[Path], list[Path]]:
+        """The destination's files and directories the source lacks (directories deepest first)."""
         files = sorted(path for path in dst_tree.files if path not in src_tree.files)
         dirs = sorted((path for path in dst_tree.dirs if path not in src_tree.dirs and path not in src_tree.files),
-                      key=len, reverse=True)
+                      key=lambda path: (-len(path), path))
         return files, dirs
 
     def _delete(self, files: list[Path], dirs: list[Path]) -> None:
@@ -682,14 +683,16 @@ class Sync:
                 except Exception as exc:
                     self.report.failed.append((show(path), f"could not delete: {describe(exc)}"))
         for path in dirs:
+            # On Swift a directory is its marker, if any (the store may have made one when its
+            # last file went), or nothing once its files are gone: either way it is gone after this.
             try:
                 if isinstance(self.dst, LocalEndpoint):
                     os.rmdir(self.dst.path(path))
-                    self.report.deleted += 1
-                elif self.dst.store.delete_dir(ExactPath(path)):
-                    self.report.deleted += 1
+                else:
+                    self.dst.store.delete_dir(ExactPath(path))
+                self.report.deleted += 1
             except FileNotFoundError:
-                pass
+                self.report.deleted += 1
             except Exception as exc:
                 self.report.failed.append((show(path) + "/", f"could not delete: {describe(exc)}"))
 
@@ -700,9 +703,10 @@ class Sync:
             return
         pool = ThreadPoolExecutor(self.options.transfers, thread_name_prefix="goblinfs-sync")
         try:
-            futures: list[tuple[Path, FileInfo, Future[str]]] = [
-                (path, info, pool.submit(self._transfer, path, info, existing)) for path, info, existing in jobs]
-            for path, info, future in futures:
+            futures: dict[Future[str], tuple[Path, FileInfo]] = {
+                pool.submit(self._transfer, path, info, existing): (path, info) for path, info, existing in jobs}
+            for future in as_completed(futures):
+                path, info = futures[future]
                 try:
                     outcome = future.result()
                 except Cancelled:
@@ -739,7 +743,7 @@ class Sync:
             if isinstance(self.dst, LocalEndpoint):
                 self._local_to_local(path, info)
             else:
-                self._local_to_swift(path, info, self.src.path(path))
+                self._local_to_swift(path, info, self.src.path(path), new=existing is None)
             return "copied"
         if isinstance(self.dst, LocalEndpoint):
             self._swift_to_local(path, info)
@@ -793,13 +797,22 @@ class Sync:
             check_layout(tmp, [(info.size, digest.hexdigest())], show(path), self._cancel.is_set)
             self._publish_local(tmp, path, info.mtime_ns)
 
-    def _local_to_swift(self, path: Path, info: FileInfo, source: str) -> None:
-        """store_local_file (an SLO when large), then the destination's MD5s against the file."""
+    def _local_to_swift(self, path: Path, info: FileInfo, source: str, new: bool = False) -> None:
+        """store_local_file (an SLO when large), then the destination's MD5s against the file.
+
+        *new*: the destination's listing had nothing there, so one PUT with ``If-None-Match: *``
+        (no HEAD, no listing); if something appeared meanwhile, the ordinary replacing upload.
+        """
         assert isinstance(self.dst, SwiftEndpoint)
         store = self.dst.store
         upload_id = new_upload_id()
         try:
-            entry = store.store_local_file(source, ExactPath(path), info.mtime_ns, upload_id=upload_id)
+            try:
+                entry = store.store_local_file(source, ExactPath(path), info.mtime_ns, new=new, upload_id=upload_id)
+            except FileExistsError:
+                if not new:
+                    raise
+                entry = store.store_local_file(source, ExactPath(path), info.mtime_ns, upload_id=upload_id)
         except BaseException:
             with contextlib.suppress(Exception):
                 store.discard_upload(ExactPath(path), upload_id)

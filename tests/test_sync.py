@@ -250,6 +250,13 @@ def test_swift_to_swift_server_side(swift_env: dict[str, Any], containers: tuple
     rc, report, err = run_sync(f"{config}:queue", f"{config}:public", "--checksum")
     assert rc == 0 and report is not None and report["copied"] == 0 and report["up_to_date"] == len(files), err
 
+    # --delete on Swift: a stray file, its directory and a stray empty directory's marker go.
+    conn.put_object(public, "stray/file.txt", b"stray")
+    conn.put_object(public, "stray empty/", b"", content_type="application/directory")
+    rc, report, err = run_sync(f"{config}:queue", f"{config}:public", "--delete")
+    assert rc == 0 and report is not None and report["deleted"] == 3 and report["to_delete"] == 3, err
+    assert set(swift_files(conn, public)) == set(swift_files(conn, queue))
+
 
 def _interrupt(args: list[str], delay: float) -> int:
     """Start a sync, SIGTERM it after delay seconds; its exit status (it must end within 60 s)."""
