@@ -40,6 +40,7 @@ from configobj import (
     ConfigObj,
     ConfigObjError,
     DuplicateError,
+    InterpolationError,
     InterpolationLoopError,
     MissingInterpolationOption,
     NestingError,
@@ -77,7 +78,17 @@ OPTIONS_SECTION = "goblinfs"
 
 
 class ConfigError(Exception):
-    """A config that cannot be used; the message is one line for the user."""
+    """A config that cannot be used; the message is one line for the user.
+
+    Line breaks in it (from the file's text: a value may hold a carriage return) are escaped.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("".join(repr(char)[1:-1] if char in _BREAKS else char for char in message))
+
+
+#: What str.splitlines() splits at.
+_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 
 
 # ------------------------------------------------------------------------- reading
@@ -202,7 +213,7 @@ def _read(path: str) -> list[str]:
         raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason})") from exc
 
 
-_QUOTED_NAME = re.compile(r'"(.*)"')
+_QUOTED_NAME = re.compile(r'"(.*)"', re.DOTALL)
 
 
 class _Reader:
@@ -221,7 +232,10 @@ class _Reader:
 
     def where(self, path: tuple[str, ...], key: str | None = None) -> str:
         """``file:line`` of a key (or a section header), else of its section, else the file."""
-        line = self.index.get((path, key)) or self.index.get(((*path, key), None)) or self.index.get((path, None))
+        line = self.index.get((path, key))
+        if line is None and key is not None:  # a key written as a subsection: its header
+            line = self.index.get(((*path, key), None))
+        line = line or self.index.get((path, None))
         return f"{self.source}:{line}" if line else self.source
 
     def section(self, name: str) -> Any:
@@ -236,6 +250,11 @@ class _Reader:
         label = f"{_label(path)} {key}"
         try:
             return section[key]
+        except AttributeError:
+            # ConfigObj looks a name up in section["DEFAULT"] too, and fails if that is a value.
+            if "DEFAULT" not in section.scalars:
+                raise
+            raise self._default_value(path) from None
         except MissingInterpolationOption as exc:
             match = _QUOTED_NAME.search(str(exc))
             name = match.group(1) if match else str(exc)
@@ -251,6 +270,12 @@ class _Reader:
             name = match.group(1) if match else key
             raise ConfigError(f"{self.where(path, key)}: {label}: interpolation loop: "
                               f"%({name})s refers back to itself") from None
+
+    def _default_value(self, path: tuple[str, ...]) -> ConfigError:
+        """The error for a section whose ``DEFAULT`` is a value where a lookup needs it."""
+        return ConfigError(f"{self.where(path, 'DEFAULT')}: {_label(path)} DEFAULT must be a "
+                           f"{'[' * (len(path) + 1)}DEFAULT{']' * (len(path) + 1)} section, not a value "
+                           f"(a %(name)s not in the section is looked up there)")
 
     def string(self, section: Any, path: tuple[str, ...], key: str) -> str:
         """An interpolated value that must be one string, not a comma-separated list."""
@@ -278,25 +303,38 @@ class _Reader:
                 defaults[key] = value
 
     def validate(self) -> None:
-        """Check the values goblinfs reads, then fill MediaGoblin's defaults (ConfigObj's validate)."""
+        """Fill MediaGoblin's defaults and check the spec's keys (ConfigObj's validate, as MediaGoblin).
+
+        What would make ConfigObj's validate fail with an exception is refused first; an
+        interpolation error met during validation is reported at the key it stopped at.
+        """
         for name, keys in SPEC_DEFAULTS.items():
             section = self.section(name)
             if name == "DEFAULT" or section is None:
                 continue
             for key in keys:
-                if key in section.sections:  # ConfigObj's validate would fail on it
+                if key in section.sections:
                     raise ConfigError(f"{self.where((name, key))}: {_label((name,))} {key} must be a value, "
-                                      f"not a {_label((name, key)).split()[-1]} section")
-            for key in section.scalars if name.startswith("storage:") else keys:
-                if key in section.scalars:
-                    self.string(section, (name,), key)
+                                      f"not a [[{key}]] section")
         try:
             result = self.config.validate(Validator(), preserve_errors=True)
-        except ConfigObjError as exc:
+        except (InterpolationError, AttributeError) as exc:
+            # Validation goes section by section, key by key in spec order, filling defaults as
+            # it goes: the first spec key that fails now is the one it stopped at.  (A failed
+            # lookup in a DEFAULT value leaves ConfigObj's interpolation switched off.)
+            self.config.interpolation = "ConfigParser"
+            for name in self.config.sections:
+                for key in SPEC_DEFAULTS.get(name, {}) if name != "DEFAULT" else ():
+                    if key in self.config[name].scalars:
+                        self.value(self.config[name], (name,), key)
+            if isinstance(exc, AttributeError):
+                raise
             raise ConfigError(f"{self.source}: {exc}") from None
         for path, key, error in flatten_errors(self.config, result):
             if error is False:
                 continue  # a missing value or section: the defaults cover every key goblinfs reads
+            if key is not None and len(path) == 1 and key in self.config[path[0]].scalars:
+                self.string(self.config[path[0]], (path[0],), key)  # a list: the clearer message
             label = _label(tuple(path)) + (f" {key}" if key else "")
             raise ConfigError(f"{self.where(tuple(path), key)}: {label}: {error}")
 

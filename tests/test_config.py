@@ -295,6 +295,7 @@ ACCEPTED = {
         "[storage:publicstore]\nstorage_class = mediagoblin.storage.cloudfiles:CloudFilesStorage\n"
         "cloudfiles_host = http://127.0.0.1:1/auth/v1.0\ncloudfiles_user = test:tester\n"
         "cloudfiles_api_key = testing\ncloudfiles_container = media\nsegment_size = 1048576\n"),
+    "default_as_value_unused": "[storage:publicstore]\nDEFAULT = x\nbase_dir = /srv/p\n",
     "keys_as_subsection_of_store": "[storage:publicstore]\nbase_dir = /srv/p\n[[extra]]\nx = 1\n",
 }
 
@@ -420,6 +421,10 @@ ERRORS = {
     "store_section_as_value": ("storage:publicstore = /srv\n", 1, ["must be a [storage:publicstore] section"], True),
     "spec_key_as_section": ("[storage:publicstore]\n[[base_dir]]\nx = 1\n", 2,
                             ["base_dir must be a value", "[[base_dir]]"], True),
+    "default_as_value_in_spec_key": ("[storage:publicstore]\nDEFAULT = x\nbase_dir = %(data_basedir)s/p\n", 2,
+                                     ["[storage:publicstore] DEFAULT must be a [[DEFAULT]] section"], True),
+    "default_as_value_in_store_key": ("[storage:queuestore]\nDEFAULT = x\ncloudfiles_x = %(here)s\n", 2,
+                                      ["[storage:queuestore] DEFAULT must be a [[DEFAULT]] section"], True),
     "goblinfs_section_as_value": ("goblinfs = ro\n", 1, ["must be a [goblinfs] section"], False),
     "goblinfs_missing_interpolation": ("[goblinfs]\ncache_dir = %(nowhere)s\n", 2,
                                        ["[goblinfs] cache_dir", "%(nowhere)s is not defined"], False),
