@@ -14,35 +14,29 @@ Contracts:
   accident.  A host that is not loopback is allowed but logged as a warning.
 * Observers never raise into the code they observe, and cost a few microseconds a call.
 * What a scrape reads from the Vfs (pending uploads, journal, recovered files, open files) is
-  read on the trio thread that owns it (``trio.from_thread.run_sync``); once that loop has ended
-  those figures are left out rather than guessed.
+  read on the trio thread that owns it (handed over with the loop's trio token; a scrape waits
+  5 s at most); before that loop runs, after it ended or when it does not answer in time, those
+  figures are left out rather than guessed.
 
 Metric names (all prefixed ``goblinfs_``):
 
-=========================================  ==============================================================
-``fuse_operation_seconds{op}``              histogram of FUSE request durations (``_count``: requests)
-``fuse_errors_total{op,errno}``             requests answered with an error, by errno name (ENOENT, EIO...)
-``fuse_read_bytes_total``                   bytes returned by reads through the mount
-``fuse_written_bytes_total``                bytes accepted by writes through the mount
-``swift_requests_total{method,status}``     HTTP exchanges with Swift (each attempt; status ``2xx``,
-                                            an error code, ``timeout`` or ``error``)
-``swift_request_seconds{method}``           histogram of their durations (to the response headers)
-``swift_retries_total{method}``             attempts repeated after a transient failure
-``swift_given_up_total{method}``            requests failed for good after transient failures
-``swift_uploaded_bytes_total``              body bytes of PUTs Swift acknowledged
-``swift_downloaded_bytes_total``            body bytes read from GETs
-``cache_hits_total``, ``cache_misses_total`` opens of remote files served from / not from a kept copy
-``cache_evictions_total``                   copies evicted from the read cache
-``cache_used_bytes``, ``cache_limit_bytes`` the read cache's size and bound (``cache_size``)
-``pending_uploads{state}``                  files whose content is not yet in the store, by write state
-``pending_upload_bytes``                    their size
-``journaled_files``                         journal records left by an earlier run, not yet resolved
-``recovered_files``                         files kept under ``<workbench>/recovered``
-``open_files``                              open file handles
-``sync_files_total{result}``                files handled by ``goblinfs sync`` (copied, skipped...)
-``sync_bytes_total``                        bytes copied by ``goblinfs sync``
-``sync_files_pending``                      files ``goblinfs sync`` still has to handle
-=========================================  ==============================================================
+* ``fuse_operation_seconds{op}``: histogram of FUSE request durations (``_count``: requests);
+  ``fuse_errors_total{op,errno}``: requests answered with an error, by errno name (ENOENT, EIO...);
+  ``fuse_read_bytes_total``, ``fuse_written_bytes_total``: bytes read and written through the mount.
+* ``swift_requests_total{method,status}``: HTTP exchanges with Swift, each attempt (status ``2xx``,
+  an error code, ``timeout`` or ``error``); ``swift_request_seconds{method}``: histogram of their
+  durations (to the response headers); ``swift_retries_total{method}``: attempts repeated after a
+  transient failure; ``swift_given_up_total{method}``: requests failed for good after transient
+  failures; ``swift_uploaded_bytes_total``: body bytes of PUTs Swift acknowledged;
+  ``swift_downloaded_bytes_total``: body bytes read from GETs.
+* ``cache_hits_total``, ``cache_misses_total``: opens of remote files served from / not from a kept
+  copy; ``cache_evictions_total``; ``cache_used_bytes``, ``cache_limit_bytes`` (``cache_size``).
+* ``pending_uploads{state}``, ``pending_upload_bytes``: files whose content is not yet in the store,
+  by write state, and their size; ``journaled_files``: journal records left by an earlier run;
+  ``recovered_files``: files kept under ``<workbench>/recovered``; ``open_files``: open handles.
+* ``sync_files_total{result}`` (copied, failed), ``sync_bytes_total``, ``sync_files_pending``,
+  ``sync_bytes_pending``: ``goblinfs sync``'s progress.
+* ``process_*``: the daemon's CPU, memory and file descriptors (prometheus-client's).
 """
 
 from __future__ import annotations
@@ -362,32 +356,77 @@ class MountMetrics:
 
 
 class SyncMetrics:
-    """Figures of ``goblinfs sync``: its own counters plus the Swift figures of its requests.
+    """Figures of ``goblinfs sync``: files and bytes as its progress reports them, plus the Swift
+    figures of its requests (``goblinfs_swift_*``, as a mount's).
 
-    Use::
+    It has the methods of ``goblinfs.sync.ProgressSink`` (``start``, ``file_done``, ``stop``);
+    ``wrap(sink)`` gives a sink telling both.  Use::
 
         figures = SyncMetrics()
-        server = serve(f"127.0.0.1:{port}", figures.registry)
-        ...
-        figures.files.labels("copied").inc(); figures.bytes.inc(size); figures.pending.set(left)
-        ...
-        figures.close(); server.close()
+        server = serve(f"127.0.0.1:{port}", figures.registry)   # ValueError / OSError: one line
+        try:
+            progress = figures.wrap(progress)
+            ...                                                  # the run
+        finally:
+            figures.close()
+            server.close()
     """
 
     def __init__(self) -> None:
         self.registry = new_registry()
-        self.files = Counter("goblinfs_sync_files", "Files handled by goblinfs sync, by result",
+        self.files = Counter("goblinfs_sync_files", "Files goblinfs sync finished, by result (copied, failed)",
                              ["result"], registry=self.registry)
-        for result in ("copied", "skipped", "failed", "deleted"):
+        for result in ("copied", "failed"):
             self.files.labels(result)
-        self.bytes = Counter("goblinfs_sync_bytes", "Bytes copied by goblinfs sync", registry=self.registry)
-        self.pending = Gauge("goblinfs_sync_files_pending", "Files goblinfs sync still has to handle",
+        self.bytes = Counter("goblinfs_sync_bytes", "Bytes of the files goblinfs sync copied", registry=self.registry)
+        self.pending = Gauge("goblinfs_sync_files_pending", "Files goblinfs sync still has to copy",
                              registry=self.registry)
+        self.pending_bytes = Gauge("goblinfs_sync_bytes_pending", "Bytes goblinfs sync still has to copy",
+                                   registry=self.registry)
         self.swift = SwiftMetrics(self.registry)
         self.swift.attach()
 
+    def start(self, files: int, nbytes: int) -> None:
+        """The run has *files* files (*nbytes* bytes) to copy."""
+        self.pending.set(files)
+        self.pending_bytes.set(nbytes)
+
+    def file_done(self, nbytes: int, ok: bool) -> None:
+        """A file of *nbytes* bytes was copied (ok) or failed."""
+        self.files.labels("copied" if ok else "failed").inc()
+        if ok:
+            self.bytes.inc(nbytes)
+        self.pending.dec()
+        self.pending_bytes.dec(nbytes)
+
+    def stop(self) -> None:
+        """The run ended (the figures stay as they are)."""
+
+    def wrap(self, sink: Any) -> _BothSinks:
+        """A progress sink telling *sink* and these figures."""
+        return _BothSinks(sink, self)
+
     def close(self) -> None:
+        """Stop observing Swift requests."""
         self.swift.detach()
+
+
+class _BothSinks:
+    def __init__(self, first: Any, second: SyncMetrics) -> None:
+        self.first = first
+        self.second = second
+
+    def start(self, files: int, nbytes: int) -> None:
+        self.first.start(files, nbytes)
+        self.second.start(files, nbytes)
+
+    def file_done(self, nbytes: int, ok: bool) -> None:
+        self.first.file_done(nbytes, ok)
+        self.second.file_done(nbytes, ok)
+
+    def stop(self) -> None:
+        self.first.stop()
+        self.second.stop()
 
 
 __all__ = ["FuseMetrics", "MetricsServer", "MountMetrics", "SwiftMetrics", "SyncMetrics", "is_loopback",

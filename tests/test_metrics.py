@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from goblinfs.metrics import is_loopback, parse_address
+from goblinfs.metrics import SyncMetrics, is_loopback, parse_address, serve
 
 from .conftest import FaultSwift, drop_container, make_cloud_storage
 from .mountutil import ROOT, Mounted, is_mounted, wait_until, write_local_config, write_swift_config
@@ -222,7 +222,8 @@ def _put_objects(swift_env: dict[str, Any], container: str, objects: dict[str, b
         store.close()
 
 
-SWIFT_OPTIONS = "dir_timeout=300,attr_timeout=300"
+#: Listings trusted for the whole test, and no segment collection at mount: no request but the test's.
+SWIFT_OPTIONS = "dir_timeout=300,attr_timeout=300,nogc"
 
 
 def test_swift_uploads_equal_writes_and_cold_reads_get_once(
@@ -292,10 +293,10 @@ def test_swift_uploads_equal_writes_and_cold_reads_get_once(
     assert not listening(metrics_port)
 
 
-def _swift_requests(proxy: Any, start: int) -> Counter[tuple[str, str]]:
-    """The proxy's log of requests since index start, as (method, status) the way metrics label them."""
+def _swift_requests(proxy: Any, start: int, end: int) -> Counter[tuple[str, str]]:
+    """The proxy's log of requests [start:end], as (method, status) the way metrics label them."""
     out: Counter[tuple[str, str]] = Counter()
-    for method, target, outcome in proxy.requests[start:]:
+    for method, target, outcome in proxy.requests[start:end]:
         if target.startswith("/info"):
             continue  # the cluster's limits, read once and not counted
         if target.startswith("/auth"):
@@ -332,13 +333,14 @@ def test_swift_faults_counted_as_the_proxy_saw_them(
         content = os.urandom(64 * KiB)
         (public / "new.bin").write_bytes(content)
         after = scrape(metrics_port)
+        end = len(proxy.requests)
         assert rule.hits == 1
         assert delta(after, before, "goblinfs_swift_requests_total", method="PUT", status="503") == 1
         assert delta(after, before, "goblinfs_swift_requests_total", method="PUT", status="2xx") == 1
         assert delta(after, before, "goblinfs_swift_retries_total", method="PUT") == 1
         assert delta(after, before, "goblinfs_swift_given_up_total") == 0
         assert delta(after, before, "goblinfs_swift_uploaded_bytes_total") == len(content)
-        assert _metric_requests(after, before) == _swift_requests(proxy, start)
+        assert _metric_requests(after, before) == _swift_requests(proxy, start, end)
 
         # A dropped connection on a GET: counted as an error, retried, the read succeeds.
         before = after
@@ -346,11 +348,12 @@ def test_swift_faults_counted_as_the_proxy_saw_them(
         rule = proxy.add_rule(method="GET", path=f"/{swift_container}/cold.bin", action="drop")
         assert (public / "cold.bin").read_bytes() == cold
         after = scrape(metrics_port)
+        end = len(proxy.requests)
         assert rule.hits == 1
         assert delta(after, before, "goblinfs_swift_requests_total", method="GET", status="error") == 1
         assert delta(after, before, "goblinfs_swift_retries_total", method="GET") == 1
         assert delta(after, before, "goblinfs_swift_downloaded_bytes_total") == len(cold)
-        assert _metric_requests(after, before) == _swift_requests(proxy, start)
+        assert _metric_requests(after, before) == _swift_requests(proxy, start, end)
 
         # GETs failing for good: the open gets EIO, the mount counts it, the request is given up.
         proxy.clear()
@@ -363,11 +366,97 @@ def test_swift_faults_counted_as_the_proxy_saw_them(
             (public / "cold.bin").read_bytes()
         assert failed.value.errno == errno.EIO
         after = scrape(metrics_port)
+        end = len(proxy.requests)
         proxy.clear()
         assert rule.hits >= 2
         assert delta(after, before, "goblinfs_swift_requests_total", method="GET", status="503") == rule.hits
         assert delta(after, before, "goblinfs_swift_retries_total", method="GET") == rule.hits - 1
         assert delta(after, before, "goblinfs_swift_given_up_total", method="GET") == 1
         assert delta(after, before, "goblinfs_fuse_errors_total", op="open", errno="EIO") == 1
-        assert _metric_requests(after, before) == _swift_requests(proxy, start)
+        assert _metric_requests(after, before) == _swift_requests(proxy, start, end)
         mounted.check_log()
+
+
+def test_read_cache_evictions_and_use(
+        tmp_path: Path, swift_env: dict[str, Any], swift_container: str, metrics_port: int) -> None:
+    objects = {f"obj{i}.bin": os.urandom(600 * KiB) for i in range(3)}
+    _put_objects(swift_env, swift_container, objects)
+    config = write_swift_config(tmp_path / "cfg", swift_env, swift_container)
+    options = f"metrics=127.0.0.1:{metrics_port},{SWIFT_OPTIONS},cache_size=1M"
+    with Mounted(config, tmp_path / "mnt", options=options) as mounted:
+        public = mounted.mountpoint / "public"
+        before = scrape(metrics_port)
+        assert before.get("goblinfs_cache_limit_bytes") == 1048576
+        for name, content in objects.items():
+            assert (public / name).read_bytes() == content
+        after = scrape(metrics_port)
+    # 600 KiB copies under a 1 MiB bound: each new one evicts the one before.
+    assert delta(after, before, "goblinfs_cache_misses_total") == 3
+    assert delta(after, before, "goblinfs_cache_evictions_total") == 2
+    assert after.get("goblinfs_cache_used_bytes") == 600 * KiB
+    assert delta(after, before, "goblinfs_swift_downloaded_bytes_total") == 3 * 600 * KiB
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.done: list[tuple[int, bool]] = []
+        self.started: tuple[int, int] | None = None
+        self.stopped = False
+
+    def start(self, files: int, nbytes: int) -> None:
+        self.started = (files, nbytes)
+
+    def file_done(self, nbytes: int, ok: bool) -> None:
+        self.done.append((nbytes, ok))
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_sync_figures_served_with_the_swift_requests_of_the_process(
+        swift_env: dict[str, Any], swift_container: str) -> None:
+    """What ``goblinfs sync --metrics-port`` serves: its progress and the storage layer's requests."""
+    port = free_port()
+    figures = SyncMetrics()
+    server = serve(f"127.0.0.1:{port}", figures.registry)
+    store = make_cloud_storage(swift_env, swift_container)
+    try:
+        before = scrape(port)
+        content = os.urandom(123 * KiB)
+        with store.get_file(["copied.bin"], "wb") as f:
+            f.write(content)
+        with store.get_file(["copied.bin"], "rb") as f:
+            assert f.read() == content
+        progress = _Progress()
+        sink = figures.wrap(progress)
+        sink.start(2, 300)
+        sink.file_done(100, True)
+        mid = scrape(port)
+        sink.file_done(200, False)
+        sink.stop()
+        after = scrape(port)
+    finally:
+        figures.close()
+        server.close()
+        store.close()
+    assert progress.started == (2, 300) and progress.done == [(100, True), (200, False)] and progress.stopped
+    assert mid.get("goblinfs_sync_files_pending") == 1 and mid.get("goblinfs_sync_bytes_pending") == 200
+    assert delta(after, before, "goblinfs_sync_files_total", result="copied") == 1
+    assert delta(after, before, "goblinfs_sync_files_total", result="failed") == 1
+    assert delta(after, before, "goblinfs_sync_bytes_total") == 100
+    assert after.get("goblinfs_sync_files_pending") == 0
+    assert delta(after, before, "goblinfs_swift_uploaded_bytes_total") == len(content)
+    assert delta(after, before, "goblinfs_swift_downloaded_bytes_total") == len(content)
+    assert delta(after, before, "goblinfs_swift_requests_total", method="PUT", status="2xx") >= 1
+    assert delta(after, before, "goblinfs_swift_requests_total", method="GET", status="2xx") >= 1
+    assert after.has("process_resident_memory_bytes")
+    assert not listening(port)
+    # Detached: requests after close() are not counted any more.
+    counted = figures.registry.get_sample_value("goblinfs_swift_uploaded_bytes_total")
+    store = make_cloud_storage(swift_env, swift_container)
+    try:
+        with store.get_file(["later.bin"], "wb") as f:
+            f.write(b"x" * 1000)
+    finally:
+        store.close()
+    assert figures.registry.get_sample_value("goblinfs_swift_uploaded_bytes_total") == counted
