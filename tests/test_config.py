@@ -295,6 +295,8 @@ ACCEPTED = {
         "[storage:publicstore]\nstorage_class = mediagoblin.storage.cloudfiles:CloudFilesStorage\n"
         "cloudfiles_host = http://127.0.0.1:1/auth/v1.0\ncloudfiles_user = test:tester\n"
         "cloudfiles_api_key = testing\ncloudfiles_container = media\nsegment_size = 1048576\n"),
+    "uses_filled_in_defaults": ("[storage:publicstore]\ncloudfiles_x = %(base_dir)s/x\nbase_url = %(base_dir)s/\n"
+                                "[mediagoblin]\nworkbench_path = %(data_basedir)s/wb\n"),
     "default_as_value_unused": "[storage:publicstore]\nDEFAULT = x\nbase_dir = /srv/p\n",
     "keys_as_subsection_of_store": "[storage:publicstore]\nbase_dir = /srv/p\n[[extra]]\nx = 1\n",
 }
@@ -357,6 +359,11 @@ def test_values_as_mediagoblin_reads_them(tmp_path: Path) -> None:
     config = read("quoted_section_names")
     assert config.stores["public"].params["base_dir"] == "/srv/qs" and config.options == {"cache_size": "1G"}
     assert read("lists_elsewhere").options == {"options": "ro,allow_other"}
+    config = read("uses_filled_in_defaults")
+    base = f"{tmp_path}/uses_filled_in_defaults/user_dev"
+    assert config.stores["public"].params["cloudfiles_x"] == f"{base}/media/public/x"
+    assert config.stores["public"].params["base_url"] == f"{base}/media/public/"
+    assert config.workbench_path == f"{base}/wb"
     assert read("keys_as_subsection_of_store").stores["public"].params == {
         "base_dir": "/srv/p", "storage_class": "mediagoblin.storage.filestorage:BasicFileStorage",
         "base_url": "/mgoblin_media/"}
@@ -409,6 +416,9 @@ ERRORS = {
     "quoted_key": ("[storage:publicstore]\n\"base_url\" = %(nowhere)s\n", 2, ["base_url", "%(nowhere)s"], True),
     "duplicate_quoted_key": ("[storage:queuestore]\n'base_dir' = /a\nbase_dir = /b\n", 3,
                              ["duplicate key in [storage:queuestore]", "first at line 2"], True),
+    # Validation fills base_dir before base_url (spec order): base_url's default is not there yet.
+    "default_not_filled_yet": ("[storage:publicstore]\nbase_dir = %(base_url)s/x\n", 2,
+                               ["[storage:publicstore] base_dir", "%(base_url)s is not defined"], True),
     "interpolation_loop": ("[DEFAULT]\na = %(b)s\nb = %(a)s\n[storage:queuestore]\nbase_dir = %(a)s\n", 5,
                            ["interpolation loop", "[storage:queuestore] base_dir"], True),
     "self_reference": ("[mediagoblin]\nworkbench_path = %(workbench_path)s/x\n", 2,
