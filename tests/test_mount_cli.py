@@ -295,7 +295,10 @@ def test_mount_errors(tmp_path: Path, mounts: Mounts, case: str, foreground: boo
         busy_pid = background_mount(mounts, config, mnt)
         words = ("busy",)
     elif case == "unknown_storage_class":
-        config, _ = local_setup(tmp_path, "bad", "[storage:publicstore]\nstorage_class = nosuchpackage.x:Storage\n")
+        config, _ = local_setup(tmp_path, "bad")
+        # Into the one [storage:publicstore]: ConfigObj, as MediaGoblin, refuses a repeated section.
+        config.write_text(config.read_text().replace(
+            "[storage:publicstore]\n", "[storage:publicstore]\nstorage_class = nosuchpackage.x:Storage\n"))
         words = ("storage_class", "nosuchpackage")
     elif case == "no_such_config":
         config = tmp_path / "nothere.ini"
