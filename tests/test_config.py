@@ -500,3 +500,18 @@ def test_embedded_default_stores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "storage_class": "mediagoblin.storage.filestorage:BasicFileStorage",
         "base_dir": f"{base}/public", "base_url": "/mgoblin_media/"}
     assert config.stores["queue"].params["base_dir"] == f"{base}/queue" and config.options == {}
+
+
+def test_readme_examples(tmp_path: Path, spec_path: Path) -> None:
+    """The README's ini examples are configs MediaGoblin reads as goblinfs does (no ';' comments)."""
+    text = (ROOT / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```ini\n")[1:]]
+    assert blocks, "no ```ini block in README.md"
+    for number, block in enumerate(blocks):
+        path = tmp_path / f"readme{number}.ini"
+        path.write_text(block)
+        mg_config, result = mediagoblin_read(path, spec_path)
+        assert result is True, result
+        config = load_config(str(path))
+        assert goblinfs_view(config) == mediagoblin_view(mg_config)
+        assert not any(";" in value for store in config for value in store.params.values()), config
