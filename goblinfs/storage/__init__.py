@@ -26,7 +26,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -181,6 +181,8 @@ class Entry:
     set with :meth:`StorageInterface.set_mtime`, else the store's last-modified time).
     ``etag`` changes whenever the content changes (MD5 on Swift; a size/mtime/inode token on
     local disk).  Directories have size 0 and may have no etag.
+    ``plain``: the store saw an ordinary object, no large-object manifest (Swift; a hint that
+    lets ``delete_file(..., seen=entry)`` skip its lookup; never part of equality).
     """
 
     name: str
@@ -189,6 +191,7 @@ class Entry:
     mtime_ns: int = 0
     etag: str | None = None
     content_type: str | None = None
+    plain: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,13 +293,15 @@ class StorageInterface:
         self.__raise_not_implemented()
         raise AssertionError
 
-    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True) -> None:
+    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True, seen: Entry | None = None) -> None:
         """Delete the file (not directory) at filepath; FileNotFoundError when missing.
 
         The directory holding it stays, even when it is now empty, as on a disk (MediaGoblin's
         cleanup deletes the file, then each directory level with ``delete_dir``).  A store without
         real directories keeps it with a marker; ``keep_parent=False`` is a hint from a caller that
-        knows the directory holds other entries, letting such a store skip the check.
+        knows the directory holds other entries, letting such a store skip the check.  ``seen``:
+        the Entry the caller last got for this name (from a listing or stat); where it says
+        ``plain``, a store may delete without looking first.
         """
         self.__raise_not_implemented()
 

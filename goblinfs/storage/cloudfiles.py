@@ -649,16 +649,20 @@ class CloudFileStorage(StorageInterface):
             raise IsADirectoryError(errno.EISDIR, "is a directory", name)
         return headers
 
-    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True) -> None:
+    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True, seen: Entry | None = None) -> None:
         """Delete the file (an SLO with its segments); FileNotFoundError if missing, IsADirectoryError for a dir.
 
         The file's directory stays, as on a disk: when it was the last object under its
         pseudo-directory, a marker is left there (``keep_parent=False`` skips the check, for a
-        caller that knows the directory holds other entries).
+        caller that knows the directory holds other entries).  ``seen`` a plain object (no
+        manifest, as listed): one DELETE, no HEAD first.  Should it have become a large object
+        meanwhile, only its manifest goes and its segments wait for the garbage collection.
         """
         name = self._file_name(filepath)
-        headers = self._file_headers(name)
-        self._delete_object(name, headers)
+        if seen is not None and seen.plain and not seen.is_dir:
+            self._call("delete_object", self.container, name, name=name)
+        else:
+            self._delete_object(name, self._file_headers(name))
         if keep_parent:
             self._keep_parent(name)
 

@@ -273,10 +273,10 @@ class BasicFileStorage(StorageInterface):
                     os.unlink(tmp_name, dir_fd=dir_fd)
                 raise
 
-    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True) -> None:
+    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True, seen: Entry | None = None) -> None:
         """Delete the file at filepath: FileNotFoundError if missing, IsADirectoryError for a directory.
 
-        Directories are real here: the parent always stays (``keep_parent`` is only a hint).
+        Directories are real here: the parent always stays (``keep_parent`` and ``seen`` are hints only).
         """
         with self._parent(filepath) as (dir_fd, name):
             os.unlink(name, dir_fd=dir_fd)

@@ -93,13 +93,15 @@ class MountStorage(StorageInterface):
         backend, rest = self._forward(filepath)
         return backend.get_file(rest, mode)
 
-    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True) -> None:
+    def delete_file(self, filepath: Sequence[str], *, keep_parent: bool = True, seen: Entry | None = None) -> None:
         """Delete the file in the store that holds it (its directory stays, as there)."""
         backend, rest = self._forward(filepath)
-        if keep_parent:
-            backend.delete_file(rest)  # any StorageInterface, MediaGoblin's own signature
-        else:
-            backend.delete_file(rest, keep_parent=False)
+        hints: dict[str, Any] = {}  # only when given: any StorageInterface, MediaGoblin's own signature
+        if not keep_parent:
+            hints["keep_parent"] = False
+        if seen is not None:
+            hints["seen"] = seen
+        backend.delete_file(rest, **hints)
 
     def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:
         """Delete the directory in the store that holds it (never a mount point itself)."""

@@ -260,8 +260,9 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         # The directory stays after its last file (Swift keeps it with a marker); where our
         # listing shows other entries in it, the store need not look.
         siblings = parent.children is not None and any(other != node.path[-1] for other in parent.children)
-        delete = functools.partial(store.storage.delete_file, node.path, keep_parent=False) if siblings \
-            else functools.partial(store.storage.delete_file, node.path)
+        # What the listing said of it: a plain Swift object goes with one DELETE.
+        seen = node.entry if node.remote is None else None
+        delete = functools.partial(store.storage.delete_file, node.path, keep_parent=not siblings, seen=seen)
         async with node.lock:  # no publication between the delete and the detach
             try:
                 await store.call(delete)

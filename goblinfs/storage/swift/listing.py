@@ -195,8 +195,9 @@ def entry_from_headers(leaf: str, headers: Mapping[str, str]) -> Entry:
             mtime_ns = int(parsedate_to_datetime(headers["last-modified"]).timestamp()) * 1_000_000_000
     if is_directory_type(content_type):
         return Entry(leaf, True, 0, mtime_ns or 0)
+    plain = not headers.get("x-static-large-object") and not headers.get("x-object-manifest")
     return Entry(leaf, False, int(headers.get("content-length") or 0), mtime_ns or 0,
-                 strip_etag(headers.get("etag")), content_type)
+                 strip_etag(headers.get("etag")), content_type, plain=plain)
 
 
 def entry_from_listing(leaf: str, item: Mapping[str, Any]) -> Entry:
@@ -206,7 +207,8 @@ def entry_from_listing(leaf: str, item: Mapping[str, Any]) -> Entry:
         mtime_ns = parse_listing_time(item.get("last_modified"))
     if is_directory_type(content_type):
         return Entry(leaf, True, 0, mtime_ns)
-    return Entry(leaf, False, int(item.get("bytes") or 0), mtime_ns, listing_etag(item), content_type)
+    return Entry(leaf, False, int(item.get("bytes") or 0), mtime_ns, listing_etag(item), content_type,
+                 plain=not maybe_slo(item) and not maybe_dlo(item))
 
 
 def iter_listing(get_page: Callable[[str | None, int], list[dict[str, Any]]], page_size: int,
