@@ -460,3 +460,51 @@ def test_sync_figures_served_with_the_swift_requests_of_the_process(
     finally:
         store.close()
     assert figures.registry.get_sample_value("goblinfs_swift_uploaded_bytes_total") == counted
+
+
+# ------------------------------------------------------------------ observers never break requests
+
+
+class _Exploding:
+    """An observer whose every method raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        def explode(*args: Any) -> None:
+            raise RuntimeError(f"observer {name} broke")
+        return explode
+
+
+class _StubVfs:
+    async def getattr(self, inode: int) -> Any:
+        raise FileNotFoundError(errno.ENOENT, "gone")
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return len(buf)
+
+
+async def test_a_failing_operation_observer_changes_no_answer() -> None:
+    import pyfuse3
+
+    from goblinfs.fuse_ops import Operations
+
+    ops = Operations(_StubVfs(), observer=_Exploding())  # type: ignore[arg-type]
+    with pytest.raises(pyfuse3.FUSEError) as failed:
+        await ops.getattr(5)
+    assert failed.value.errno == errno.ENOENT
+    assert await ops.write(1, 0, b"abc") == 3
+
+
+def test_a_failing_request_observer_changes_no_request(swift_env: dict[str, Any], swift_container: str) -> None:
+    from goblinfs.storage.swift import session
+
+    broken = _Exploding()
+    session.add_observer(broken)  # type: ignore[arg-type]
+    store = make_cloud_storage(swift_env, swift_container)
+    try:
+        with store.get_file(["x.bin"], "wb") as f:
+            f.write(b"content")
+        with store.get_file(["x.bin"], "rb") as f:
+            assert f.read() == b"content"
+    finally:
+        session.remove_observer(broken)  # type: ignore[arg-type]
+        store.close()
