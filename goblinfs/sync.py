@@ -580,12 +580,15 @@ class Sync:
                 continue
             jobs.append((path, info, existing))
         dirs = self._dirs_to_make(src_tree, dst_tree)
+        # Largest first: the big files' long copies overlap the many small ones instead of
+        # running alone at the end.
+        jobs.sort(key=lambda job: (-job[1].size, job[0]))
         report.to_copy = len(jobs)
         report.bytes_to_copy = sum(info.size for _, info, _ in jobs)
         doomed_files, doomed_dirs = self._to_delete(src_tree, dst_tree) if self.options.delete else ([], [])
         report.to_delete = len(doomed_files) + len(doomed_dirs)
         if self.options.dry_run:
-            report.would_copy = [show(path) for path, _, _ in jobs]
+            report.would_copy = sorted(show(path) for path, _, _ in jobs)
             report.would_delete = [show(path) for path in doomed_files] + [show(path) + "/" for path in doomed_dirs]
             return
         if isinstance(self.src, SwiftEndpoint):

@@ -279,7 +279,12 @@ def _interrupt(args: list[str], delay: float) -> int:
 def _swift_consistent(conn: swiftclient.Connection, container: str, files: dict[str, bytes]) -> int:
     """Every object in the container is a whole source file (listing MD5, or a GET for SLOs), and
     every segment belongs to a manifest: nothing partial.  The number of files there."""
-    listing = swift_files(conn, container)
+    try:
+        listing = swift_files(conn, container)
+    except swiftclient.ClientException as exc:
+        if exc.http_status != 404:
+            raise
+        return 0  # stopped before it made the container
     manifests: set[str] = set()
     count = 0
     for name, item in listing.items():
