@@ -713,8 +713,7 @@ class Sync:
                 try:
                     outcome = future.result()
                 except Cancelled:
-                    self.progress.file_done(0, True)
-                    continue
+                    continue  # neither done nor failed: the next run copies it
                 except Exception as exc:
                     log.debug("copy of %s failed", show(path), exc_info=True)
                     with self._lock:
