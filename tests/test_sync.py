@@ -451,3 +451,26 @@ def test_check_layout(tmp_path: Path) -> None:
         check_layout(str(path), [parts[0], (2000, hashlib.md5(data[1000:2999] + b"!").hexdigest())], "f")
     with pytest.raises(Mismatch, match="3000 bytes here"):
         check_layout(str(path), [*parts, (1, "0" * 32)], "f")
+
+
+def test_local_to_local(tmp_path: Path) -> None:
+    """Two plain directories: the same tree, exact mtimes (directories too), nothing the second time,
+    a flipped byte found by --checksum only."""
+    source = tmp_path / "src"
+    files = make_tree(source, random.Random(21), small=6, big=False)
+    dest = tmp_path / "dst"
+    rc, report, err = run_sync(str(source), str(dest))
+    assert rc == 0 and report is not None and report["copied"] == len(files), err
+    check_local_has(dest, files, source)
+    for rel in ("empty", "nested", "été"):
+        assert (dest / rel).stat().st_mtime_ns == (source / rel).stat().st_mtime_ns, rel
+    victim = dest / "My Photo 1.jpg"
+    st = victim.stat()
+    data = files["My Photo 1.jpg"]
+    victim.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rc, report, err = run_sync(str(source), str(dest))
+    assert rc == 0 and report is not None and report["copied"] == 0, err
+    rc, report, err = run_sync(str(source), str(dest), "--checksum")
+    assert rc == 0 and report is not None and report["checksum_differed"] == ["My Photo 1.jpg"], err
+    check_local_has(dest, files, source)
