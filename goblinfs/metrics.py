@@ -197,10 +197,19 @@ class SwiftMetrics:
             self.retries.labels(method)
             self.given_up.labels(method)
         self._attached = False
+        # Children by labels: a labels() lookup costs more than the observation.
+        self._counted: dict[tuple[str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     def attempt(self, method: str, status: str, seconds: float) -> None:
-        self.requests.labels(method, status).inc()
-        self.seconds.labels(method).observe(seconds)
+        counted = self._counted.get((method, status))
+        if counted is None:
+            counted = self._counted[(method, status)] = self.requests.labels(method, status)
+        timed = self._timed.get(method)
+        if timed is None:
+            timed = self._timed[method] = self.seconds.labels(method)
+        counted.inc()
+        timed.observe(seconds)
 
     def retry(self, method: str) -> None:
         self.retries.labels(method).inc()
@@ -238,8 +247,9 @@ class FuseMetrics:
                                   registry=registry)
         self.written_bytes = Counter("goblinfs_fuse_written_bytes", "Bytes accepted by writes through the mount",
                                      registry=registry)
-        # Children by operation: a labels() lookup per request costs more than the observation.
+        # Children by labels: a labels() lookup per request costs more than the observation.
         self._children: dict[str, Any] = {}
+        self._errors: dict[tuple[str, int], Any] = {}
 
     def operation(self, name: str, seconds: float, code: int) -> None:
         child = self._children.get(name)
@@ -247,7 +257,10 @@ class FuseMetrics:
             child = self._children[name] = self.seconds.labels(name)
         child.observe(seconds)
         if code:
-            self.errors.labels(name, errno.errorcode.get(code, str(code))).inc()
+            failed = self._errors.get((name, code))
+            if failed is None:
+                failed = self._errors[(name, code)] = self.errors.labels(name, errno.errorcode.get(code, str(code)))
+            failed.inc()
 
     def transferred(self, direction: str, nbytes: int) -> None:
         (self.read_bytes if direction == "read" else self.written_bytes).inc(nbytes)
