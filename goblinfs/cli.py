@@ -391,6 +391,8 @@ def cmd_sync(argv: list[str]) -> int:
                         help="a bar on a terminal, periodic lines otherwise (default auto)")
     parser.add_argument("--interval", type=float, default=10.0, metavar="SECONDS",
                         help="seconds between progress lines (default 10)")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on 127.0.0.1:PORT while running")
     args = parser.parse_args(argv)
     if args.transfers < 1:
         return _fail(f"--transfers {args.transfers}: must be 1 or more", 2)
@@ -398,8 +400,10 @@ def cmd_sync(argv: list[str]) -> int:
         return _fail(f"--interval {args.interval:g}: must be positive", 2)
     logging.basicConfig(level=logging.WARNING, format="goblinfs sync: %(name)s: %(message)s")
     options = Options(transfers=args.transfers, checksum=args.checksum, dry_run=args.dry_run, delete=args.delete)
+    if args.metrics_port is not None and not 1 <= args.metrics_port <= 65535:
+        return _fail(f"--metrics-port {args.metrics_port}: must be between 1 and 65535", 2)
     return run_command(args.src, args.dst, options, as_json=args.json, progress=args.progress,
-                       interval=args.interval)
+                       interval=args.interval, metrics_port=args.metrics_port)
 
 
 def main(argv: list[str] | None = None) -> int:

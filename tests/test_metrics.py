@@ -508,3 +508,49 @@ def test_a_failing_request_observer_changes_no_request(swift_env: dict[str, Any]
     finally:
         session.remove_observer(broken)  # type: ignore[arg-type]
         store.close()
+
+
+# ------------------------------------------------------------------ goblinfs sync --metrics-port
+
+
+def test_sync_serves_its_figures_while_it_runs(
+        tmp_path: Path, fault_swift: FaultSwift, swift_container: str) -> None:
+    """``goblinfs sync --metrics-port``: scraped during a run slowed down by the proxy (each PUT
+    waits 1 s), the figures follow the copies; the port closes when the command ends."""
+    source = tmp_path / "src"
+    source.mkdir()
+    files = {f"f{i}.bin": os.urandom((i + 1) * 10 * KiB) for i in range(4)}
+    for name, content in files.items():
+        (source / name).write_bytes(content)
+    config = write_swift_config(tmp_path / "cfg", fault_swift.env, swift_container)
+    fault_swift.proxy.add_rule(method="PUT", path=rf"/{swift_container}/f\d", action="delay", delay=1.0, times=None)
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "goblinfs", "sync", str(source), f"{config}:public",
+                             "--transfers", "1", "--progress", "none", "--metrics-port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+    seen: list[Figures] = []
+    try:
+        def copied_some() -> bool:
+            try:
+                figures = scrape(port)
+            except (OSError, urllib.error.URLError):
+                return False
+            seen.append(figures)
+            return figures.get("goblinfs_sync_files_total", result="copied") >= 2
+        assert wait_until(copied_some, 60, interval=0.2), (proc.poll(), seen[-1].text if seen else "no scrape")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    mid = seen[-1]
+    copied = mid.get("goblinfs_sync_files_total", result="copied")
+    assert 2 <= copied < len(files)  # scraped while it ran
+    assert mid.get("goblinfs_sync_files_pending") == len(files) - copied
+    assert mid.get("goblinfs_sync_files_total", result="failed") == 0
+    assert mid.get("goblinfs_swift_requests_total", method="PUT", status="2xx") >= copied
+    # A file's PUT is acknowledged (uploaded) before the copy is verified and counted (sync bytes).
+    assert 0 < mid.get("goblinfs_sync_bytes_total") <= mid.get("goblinfs_swift_uploaded_bytes_total")
+    assert not listening(port)
