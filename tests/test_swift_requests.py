@@ -94,3 +94,23 @@ def test_rm_r_through_the_mount(fault_swift: Any, container: str, tmp_path: Path
             sorted(f"/tree/d{d}/f{i}.jpg" for d in range(2) for i in range(5))
         assert heads == []
     assert store.list_dir([]) == []
+
+
+def test_warm_listing_within_dir_timeout_asks_nothing(fault_swift: Any, container: str, tmp_path: Path) -> None:
+    """A second `ls -lR` within dir_timeout is served from the listing; our own changes show at once."""
+    store = make_cloud_storage(fault_swift.env, container, staging_dir=str(tmp_path))
+    for d in range(3):
+        with store.get_file(["t", f"d{d}", "f.jpg"], "wb") as f:
+            f.write(b"x")
+    config = write_swift_config(tmp_path / "site", fault_swift.env, container)
+    with Mounted(config, tmp_path / "mnt", options="dir_timeout=60,attr_timeout=60") as mounted:
+        top = mounted.mountpoint / "public" / "t"
+        first = sorted((root, tuple(sorted(files))) for root, _dirs, files in os.walk(top))
+        fault_swift.proxy.requests.clear()
+        again = sorted((root, tuple(sorted(files))) for root, _dirs, files in os.walk(top))
+        assert again == first
+        assert object_requests(fault_swift.proxy, container) == []
+        (top / "d0" / "new.jpg").write_bytes(b"mine")
+        assert sorted(os.listdir(top / "d0")) == ["f.jpg", "new.jpg"]
+        os.unlink(top / "d1" / "f.jpg")
+        assert os.listdir(top / "d1") == []

@@ -150,9 +150,10 @@ class ListingMixin(VfsBase):
     async def opendir(self, ino: int) -> int:
         """Snapshot the listing of a directory; return a handle for readdir."""
         node = self.node(ino)
-        # Every opendir lists afresh (rsync --delete and find must see the directory as it is);
-        # lookups and getattr use the listing cached for dir_timeout.
-        children = await self._children(node, fresh=True)
+        # The listing cached for dir_timeout, as lookups and getattr use it: our own changes are
+        # in it at once, others' after dir_timeout (the README's promise).  Listing afresh at
+        # every opendir made a warm `ls -lR` or `find` one container GET per directory.
+        children = await self._children(node)
         listing = []
         for name in sorted(children):
             listing.append((name, 0))
