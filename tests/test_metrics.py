@@ -116,6 +116,26 @@ def test_parse_address_needs_an_explicit_host() -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
 
 
+def test_serve_warns_of_an_address_that_is_not_loopback(monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    import goblinfs.metrics
+
+    bound: list[tuple[str, int]] = []
+
+    class NoBind:  # never listen beyond 127.0.0.1 in a test: record what would be bound
+        def __init__(self, host: str, port: int, registry: Any) -> None:
+            bound.append((host, port))
+            self.url = f"http://{host}:{port}/metrics"
+
+    monkeypatch.setattr(goblinfs.metrics, "MetricsServer", NoBind)
+    with caplog.at_level("WARNING", logger="goblinfs.metrics"):
+        serve("127.0.0.1:9101")
+        assert not caplog.records
+        serve("192.0.2.1:9101")
+    assert bound == [("127.0.0.1", 9101), ("192.0.2.1", 9101)]
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "not a loopback" in caplog.records[0].message
+
+
 def _mount_cli(config: Path, mnt: Path, options: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "goblinfs", "mount", str(config), str(mnt), "-o", options],
