@@ -93,6 +93,11 @@ PROXY_PIPELINE = (
     "proxy-logging proxy-server"
 )
 
+#: A second proxy (``start_keystone_proxy``) authenticates with Keystone instead: authtoken
+#: validates the token, keystoneauth maps the project's roles to its AUTH_<project id> account.
+KEYSTONE_PROXY_PIPELINE = PROXY_PIPELINE.replace(" tempauth ", " authtoken keystoneauth ")
+KEYSTONE_PROXY = "proxy-keystone"
+
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 #: Popen objects of the children started in this process, so stop() can reap them.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -379,6 +384,52 @@ allow_versioned_writes = true
 [filter:symlink]
 use = egg:swift#symlink
 """
+
+
+#: The authtoken filter of the Keystone proxy: keystonemiddleware's, except that the proxy's own
+#: (service) token is renewed only when fewer than ``min_token_life`` seconds are left, not 120
+#: (keystoneauth's default): with the seconds-long tokens of a test Keystone, 120 meant a new
+#: service login at every use of that token, several per validated user token.
+AUTHTOKEN_MODULE = "swift_aio_authtoken"
+_AUTHTOKEN_SOURCE = """\
+\"\"\"keystonemiddleware's authtoken, the service token renewed MIN_TOKEN_LIFE seconds before it expires.\"\"\"
+from keystoneauth1.identity import base
+from keystonemiddleware import auth_token
+
+base.BaseIdentityPlugin.MIN_TOKEN_LIFE_SECONDS = {min_token_life}
+filter_factory = auth_token.filter_factory
+"""
+
+
+def _keystone_proxy_conf(state: Path, port: int, memcached_port: int, keystone: dict[str, str]) -> str:
+    """The tempauth proxy's config with authtoken + keystoneauth in its place (same backends)."""
+    conf = _proxy_conf(state, port, memcached_port)
+    tempauth = conf[conf.index("[filter:tempauth]"):conf.index("[filter:cache]")]
+    conf = conf.replace(f"pipeline = {PROXY_PIPELINE}", f"pipeline = {KEYSTONE_PROXY_PIPELINE}")
+    conf = conf.replace("log_name = proxy-server", f"log_name = {KEYSTONE_PROXY}")
+    return conf.replace(tempauth, f"""\
+[filter:authtoken]
+paste.filter_factory = {AUTHTOKEN_MODULE}:filter_factory
+www_authenticate_uri = {keystone["auth_url"]}
+auth_url = {keystone["auth_url"]}
+auth_type = password
+# The identity endpoint authtoken validates tokens at (Keystone's bootstrap registers a public one).
+interface = public
+service_token_roles_required = true
+username = {keystone["username"]}
+password = {keystone["password"]}
+project_name = {keystone["project_name"]}
+user_domain_name = Default
+project_domain_name = Default
+delay_auth_decision = true
+include_service_catalog = false
+cache = swift.cache
+
+[filter:keystoneauth]
+use = egg:swift#keystoneauth
+operator_roles = {keystone.get("operator_roles", "admin, member")}
+
+""")
 
 
 def _supports_user_xattrs(path: Path) -> bool:
@@ -737,6 +788,75 @@ def _start_once(state: Path, ports: dict[str, int], max_file_size: int, timeout:
     _write_json(state / ENV_FILE, env)
     LOG.info("swift all-in-one ready in %.1f s at %s", time.monotonic() - t0, auth_url)
     return env
+
+
+def start_keystone_proxy(dir: str | os.PathLike[str], keystone: dict[str, str], timeout: float = START_TIMEOUT,
+                         die_with_parent: bool = True) -> int:
+    """Start a second proxy, authenticating with Keystone, on the running all-in-one of ``dir``.
+
+    It serves the same account/container/object servers (and memcached) as the tempauth proxy,
+    on a free port of its own, which is returned.  ``keystone``: ``auth_url`` (identity v3),
+    and the service user authtoken validates tokens with: ``username``, ``password``,
+    ``project_name`` (all in domain Default); ``operator_roles`` (default ``admin, member``);
+    ``min_token_life``: renew the service token when fewer seconds are left (default 120, as
+    keystoneauth; set it below the Keystone's token lifetime when that is short).
+    Accounts are ``AUTH_<project id>``.  Recorded in ``procs.json`` like the other processes:
+    :func:`stop` ends it with the rest, :func:`stop_keystone_proxy` alone.
+    """
+    state = Path(dir).resolve()
+    record = _read_procs(state)
+    memcached = record.get("ports", {}).get("memcached")
+    if memcached is None or not any(_alive(rec) for rec in record["procs"] if rec["name"] == "memcached"):
+        raise AioError(f"no running all-in-one in {state}: start it first")
+    if any(_alive(rec) for rec in record["procs"] if rec["name"] == KEYSTONE_PROXY):
+        raise AioError(f"a Keystone proxy from {state} is still running; stop it first")
+    deadline = time.monotonic() + timeout
+    conf = state / f"{KEYSTONE_PROXY}-server.conf"
+    for attempt in range(1, 4):
+        port = _free_ports(1)[0]
+        conf.write_text(_keystone_proxy_conf(state, port, memcached, keystone))
+        (state / f"{AUTHTOKEN_MODULE}.py").write_text(
+            _AUTHTOKEN_SOURCE.format(min_token_life=int(keystone.get("min_token_life", 120))))
+        starter = _Starter(state, die_with_parent)
+        starter.record["procs"] = [rec for rec in starter.record["procs"] if rec["name"] != KEYSTONE_PROXY]
+        argv = ["env", f"PYTHONPATH={state}", *_swift_argv(state, "swift-proxy-server", conf)]
+        proc = starter.spawn(KEYSTONE_PROXY, argv, match=str(conf))
+        try:
+            starter.wait_port(KEYSTONE_PROXY, proc, port, deadline)
+            status, _, body = _http("GET", f"http://127.0.0.1:{port}/healthcheck")
+            if status != 200:
+                raise AioError(f"{KEYSTONE_PROXY} /healthcheck answered {status} {body[:200]!r}")
+        except _PortTaken as e:
+            stop_keystone_proxy(state)
+            if attempt == 3:
+                raise
+            LOG.warning("%s; retrying with another port", str(e).splitlines()[0])
+            continue
+        except BaseException:
+            stop_keystone_proxy(state)
+            raise
+        record = _read_procs(state)
+        record.setdefault("ports", {})[KEYSTONE_PROXY] = port
+        _write_json(state / PROCS_FILE, record)
+        LOG.info("Keystone proxy on 127.0.0.1:%d", port)
+        return port
+    raise AssertionError("unreachable")
+
+
+def stop_keystone_proxy(dir: str | os.PathLike[str]) -> None:
+    """Stop the Keystone proxy of ``dir`` by its recorded PID (SIGTERM, then SIGKILL); fine if none runs."""
+    state = Path(dir).resolve()
+    recs = [rec for rec in _read_procs(state)["procs"] if rec["name"] == KEYSTONE_PROXY]
+    _signal_all(recs, signal.SIGTERM)
+    left = _wait_gone(recs, STOP_TIMEOUT)
+    if left:
+        _signal_all(left, signal.SIGKILL)
+        left = _wait_gone(left, KILL_TIMEOUT)
+    if left:
+        raise AioError(f"{KEYSTONE_PROXY} pid {left[0]['pid']} still running after SIGKILL")
+    record = _read_procs(state)
+    record["procs"] = [rec for rec in record["procs"] if rec["name"] != KEYSTONE_PROXY]
+    _write_json(state / PROCS_FILE, record)
 
 
 # --------------------------------------------------------------------------- stop

@@ -776,8 +776,11 @@ def test_writer_sync_uploads_and_stays_open(store: CloudFileStorage, swift_env: 
         f.close()
     assert raw.get_object(store.container, "s.txt")[1] == b"first second"
     assert store.stat(["s.txt"]).mtime_ns == 1500000000000000007
-    # ServiceNet (Rackspace only) is accepted and ignored.
-    other = make_cloud_storage(swift_env, store.container, cloudfiles_use_servicenet="true")
+    # ServiceNet means Keystone's internal endpoint (tests/test_keystone.py); with v1 auth it cannot
+    # mean anything: a config error.  false is accepted.
+    with pytest.raises(StorageConfigError, match="cloudfiles_use_servicenet = true needs Keystone"):
+        make_cloud_storage(swift_env, store.container, cloudfiles_use_servicenet="true")
+    other = make_cloud_storage(swift_env, store.container, cloudfiles_use_servicenet="false")
     try:
         assert other.read_range(["s.txt"], 0, 5) == b"first"
     finally:

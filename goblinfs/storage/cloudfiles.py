@@ -80,6 +80,7 @@ from . import (
 )
 from . import NotImplementedError as StorageNotImplementedError
 from .swift.io import READ_CHUNK, SwiftReader, SwiftWriter, parse_mode
+from .swift.keystone import KeystoneLogin, normalize_interface
 from .swift.largeobjects import (
     DEFAULT_SEGMENT_SIZE,
     HASH_CHUNK,
@@ -171,14 +172,42 @@ def _float_option(name: str, value: Any, default: float | None) -> float | None:
 
 
 
+def _keystone_login(auth_url: str, user: str | None, password: str | None, project: str | None,
+                    project_domain: str | None, user_domain: str | None, credential_id: str | None,
+                    credential_secret: str | None, region: str | None, endpoint_type: str | None,
+                    servicenet: bool, timeout: float) -> KeystoneLogin:
+    """The Keystone v3 login of a store's keys (StorageConfigError when they do not make one).
+
+    ``cloudfiles_user = project:user`` names the project when ``project_name`` is not given (as
+    swiftclient reads ``tenant:user``).  ``cloudfiles_use_servicenet`` (Rackspace's private
+    network) selects the ``internal`` endpoint; it contradicts another ``endpoint_type``.
+    """
+    interface = normalize_interface(endpoint_type)
+    if servicenet:
+        if endpoint_type and interface != "internal":
+            raise StorageConfigError(f"cloudfiles_use_servicenet = true selects the internal endpoint, "
+                                     f"but endpoint_type is {endpoint_type!r}")
+        interface = "internal"
+    if user and not project and ":" in user and not (credential_id or credential_secret):
+        project, user = user.split(":", 1)
+    return KeystoneLogin(auth_url, user=user, password=password, project_name=project,
+                         project_domain_name=project_domain, user_domain_name=user_domain,
+                         application_credential_id=credential_id,
+                         application_credential_secret=credential_secret, region_name=region,
+                         interface=interface, timeout=timeout)
+
+
 class CloudFileStorage(StorageInterface):
     """A MediaGoblin store in one container of OpenStack Swift (python-swiftclient).
 
     Keys (all may be strings, as from a config file): ``cloudfiles_user``,
     ``cloudfiles_api_key``, ``cloudfiles_container``, ``cloudfiles_host`` (the auth URL),
-    ``cloudfiles_use_servicenet``; ``auth_version`` ('1.0', '2.0' or '3'),
-    ``project_name``/``tenant_name``, ``project_domain_name``, ``user_domain_name``,
-    ``region_name``, ``endpoint_type``; ``base_url``; ``segment_size`` (bytes);
+    ``cloudfiles_use_servicenet``; ``auth_version`` ('1.0' or '3'); with Keystone (3):
+    ``project_name`` (or ``tenant_name``), ``project_domain_name``, ``user_domain_name`` (both
+    ``Default`` when not given), or ``application_credential_id`` and
+    ``application_credential_secret`` instead of user, password and project; ``region_name``,
+    ``endpoint_type`` (public, internal or admin; ``cloudfiles_use_servicenet = true`` means
+    internal, and is refused with auth 1.0); ``base_url``; ``segment_size`` (bytes);
     ``retries``, ``timeout``, ``retry_deadline`` (seconds; see :mod:`goblinfs.storage.swift.session`),
     ``staging_dir``, ``workers``, ``verify_segments``.
     Other keys are ignored.
@@ -200,23 +229,27 @@ class CloudFileStorage(StorageInterface):
                  region_name: str | None = None, endpoint_type: str | None = None,
                  base_url: str | None = None, segment_size: Any = None, retries: Any = None,
                  timeout: Any = None, retry_deadline: Any = None, staging_dir: str | None = None,
-                 workers: Any = None,
+                 workers: Any = None, application_credential_id: str | None = None,
+                 application_credential_secret: str | None = None,
                  verify_segments: Any = None, **kwargs: Any) -> None:
-        missing = [key for key, value in (("cloudfiles_user", cloudfiles_user),
-                                          ("cloudfiles_api_key", cloudfiles_api_key),
-                                          ("cloudfiles_container", cloudfiles_container),
-                                          ("cloudfiles_host", cloudfiles_host)) if not value]
-        if missing:
-            raise StorageConfigError(f"CloudFileStorage needs {', '.join(missing)}")
         version = _AUTH_VERSIONS.get(str(auth_version or "1.0").strip().lower().lstrip("v"))
         if version is None:
-            raise StorageConfigError(f"auth_version must be 1.0, 2.0 or 3, not {auth_version!r}")
+            raise StorageConfigError(f"auth_version must be 1.0 or 3, not {auth_version!r}")
+        if version == "2.0":
+            raise StorageConfigError("auth_version 2.0: Keystone's v2.0 API is gone since 2018 (Queens); "
+                                     "use auth_version = 3")
+        required = [("cloudfiles_container", cloudfiles_container), ("cloudfiles_host", cloudfiles_host)]
+        if version == "1.0":  # Keystone checks its own (a password or an application credential)
+            required += [("cloudfiles_user", cloudfiles_user), ("cloudfiles_api_key", cloudfiles_api_key)]
+        missing = [key for key, value in required if not value]
+        if missing:
+            raise StorageConfigError(f"CloudFileStorage needs {', '.join(missing)}")
         self.container = str(cloudfiles_container)
         if "/" in self.container:
             raise StorageConfigError(f"cloudfiles_container {self.container!r} may not contain '/'")
         self.segment_container = f"{self.container}_segments"
         self.auth_url = str(cloudfiles_host)
-        self.user = str(cloudfiles_user)
+        self.user = str(cloudfiles_user or application_credential_id)
         self.auth_version = version
         self.base_url = base_url
         self.segment_size = _int_option("segment_size", segment_size, DEFAULT_SEGMENT_SIZE, minimum=1)
@@ -237,8 +270,19 @@ class CloudFileStorage(StorageInterface):
             ("project_name", project_name), ("tenant_name", tenant_name),
             ("project_domain_name", project_domain_name), ("user_domain_name", user_domain_name),
             ("region_name", region_name), ("endpoint_type", endpoint_type)) if value}
-        if cloudfiles_use_servicenet is True or str(cloudfiles_use_servicenet).strip().lower() in _TRUE:
-            log.debug("cloudfiles_use_servicenet ignored: python-swiftclient has no ServiceNet support")
+        servicenet = cloudfiles_use_servicenet is True or str(cloudfiles_use_servicenet).strip().lower() in _TRUE
+        keystone = None
+        if version == "3":
+            keystone = _keystone_login(
+                self.auth_url, cloudfiles_user, cloudfiles_api_key, project_name or tenant_name,
+                project_domain_name, user_domain_name, application_credential_id, application_credential_secret,
+                region_name, endpoint_type, servicenet, self.timeout or DEFAULT_TIMEOUT)
+        elif servicenet:
+            raise StorageConfigError(
+                "cloudfiles_use_servicenet = true needs Keystone (auth_version = 3, where it selects the internal "
+                "endpoint); with auth_version 1.0 the auth server alone gives the storage URL: set it to false")
+        elif application_credential_id or application_credential_secret:
+            raise StorageConfigError("application_credential_id/_secret need auth_version = 3")
         if kwargs:
             log.debug("CloudFileStorage ignores keys %s", sorted(kwargs))
         self.large = LargeObjects(self)
@@ -246,7 +290,7 @@ class CloudFileStorage(StorageInterface):
                                     auth_version=version, os_options=os_options, container=self.container,
                                     retries=self.retries, timeout=self.timeout or DEFAULT_TIMEOUT,
                                     retry_deadline=self.retry_deadline or DEFAULT_RETRY_DEADLINE,
-                                    workers=self.workers or DEFAULT_WORKERS)
+                                    workers=self.workers or DEFAULT_WORKERS, keystone=keystone)
         self._segments_ready = False
         self._collisions_logged: set[str] = set()
         self._ensure_container(self.container)

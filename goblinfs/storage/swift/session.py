@@ -47,6 +47,7 @@ from requests.exceptions import RequestException
 from swiftclient.client import ClientException, Connection, put_object
 
 from .. import StorageUnavailable
+from .keystone import KeystoneLogin
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +287,10 @@ class SwiftSession:
 
     def __init__(self, *, auth_url: str, user: str, key: str, auth_version: str, os_options: dict[str, str],
                  container: str, retries: int | None, timeout: float, workers: int,
-                 retry_deadline: float = DEFAULT_RETRY_DEADLINE) -> None:
+                 retry_deadline: float = DEFAULT_RETRY_DEADLINE, keystone: KeystoneLogin | None = None) -> None:
         self.auth_url = auth_url
+        #: Keystone v3 logins (None: swiftclient's own, v1 tempauth/swauth).
+        self.keystone = keystone
         self.user = user
         self.__key = key
         self.auth_version = auth_version
@@ -328,7 +331,8 @@ class SwiftSession:
         return _Connection(
             self.remember_auth, authurl=self.auth_url, user=self.user, key=self.__key,
             retries=0, preauthurl=auth[0] if auth else None, preauthtoken=auth[1] if auth else None,
-            os_options=dict(self.os_options), auth_version=self.auth_version, timeout=self.timeout)
+            os_options=dict(self.os_options), auth_version=self.auth_version, timeout=self.timeout,
+            session=self.keystone)
 
     def conn(self) -> _Connection:
         """This thread's Connection (the mount calls the store from several threads)."""
@@ -344,6 +348,8 @@ class SwiftSession:
     def map_error(self, exc: BaseException, name: str | None, conn: Connection | None) -> BaseException | None:
         if isinstance(exc, _AuthRefused):
             return AuthenticationFailed(
+                f"Keystone refused the login (HTTP {exc.status}) of {self.keystone.who} at {self.keystone.auth_url}"
+                if self.keystone is not None else
                 f"Swift login refused (HTTP {exc.status}) for user {self.user!r} at auth URL {self.auth_url}")
         if isinstance(exc, ClientException):
             status = exc.http_status
