@@ -305,6 +305,13 @@ class Download:
         self._wake()
         return new
 
+    def part_file(self) -> tuple[str, int]:
+        """(path, descriptor) of the part file, in the states that have one (``WITH_PART``) and in
+        FETCHING; EIO otherwise (a caller ahead of the state: a bug, reported as a failed read)."""
+        if self.part is None or self.fd is None:
+            raise OSError(errno.EIO, f"download of {'/'.join(self.node.path)} has no part file ({self.state.name})")
+        return self.part, self.fd
+
     def _drop_part(self, unlink: bool) -> None:
         fd, self.fd = self.fd, None
         if fd is not None:
@@ -501,8 +508,7 @@ class ReadsMixin(VfsBase):
         A failed or cut-short GET is retried from where it stopped (a new GET, its ETag checked);
         a write the disk cannot take (after evicting every cached copy) is WRITE_FAILED.
         """
-        fd = download.fd
-        assert fd is not None
+        _part, fd = download.part_file()
         size = download.size
         done = 0
         failures = 0
@@ -552,9 +558,9 @@ class ReadsMixin(VfsBase):
     @staticmethod
     def _adopt(download: Download, storage: Any, path: Any, cache: ReadCache) -> None:
         """(thread) Hand a complete part file to the cache; raises if it is refused."""
-        assert download.fd is not None and download.part is not None
-        os.fsync(download.fd)
-        cache.put(storage, path, download.etag, download.part, size=download.size)
+        part, fd = download.part_file()
+        os.fsync(fd)
+        cache.put(storage, path, download.etag, part, size=download.size)
 
     def _end_download(self, download: Download) -> None:
         """A reader released the download, or its task ended: with no reader left, UNUSED
@@ -589,8 +595,8 @@ class ReadsMixin(VfsBase):
                 return await download.ranges.read(offset, end - offset)
             await download.wait_for(end)
         if download.holds(end):
-            assert download.fd is not None
-            data = os.pread(download.fd, end - offset, offset)
+            _part, fd = download.part_file()
+            data = os.pread(fd, end - offset, offset)
             if len(data) == end - offset:
                 return data
             log.error("part file of %s gave %d bytes at %d instead of %d", "/".join(download.node.path),

@@ -904,7 +904,7 @@ class WritesMixin(VfsBase):
                 log.info("journal record %s is for store %s, not mounted here: left", record_id, record.get("store"))
                 continue
             try:
-                await self._recover_one(store, record_id, record)
+                await self._recover_one(journal, store, record_id, record)
             except Exception as exc:
                 log.error("recovery of %s/%s failed (journal record %s kept, retried at the next mount): %s",
                           record.get("store"), "/".join(record.get("path") or []), record_id, exc)
@@ -927,9 +927,7 @@ class WritesMixin(VfsBase):
                 self._set_aside(full, store_name, path,
                                 "never closed, or its upload was cut before the store confirmed it: not published")
 
-    async def _recover_one(self, store: StoreMount, record_id: str, record: dict[str, Any]) -> None:
-        journal = self.journal
-        assert journal is not None
+    async def _recover_one(self, journal: Journal, store: StoreMount, record_id: str, record: dict[str, Any]) -> None:
         path = ExactPath(str(c) for c in record.get("path") or [])
         staging = str(record.get("staging") or "")
         state = str(record.get("state"))
@@ -1004,7 +1002,8 @@ class WritesMixin(VfsBase):
 
     def _set_aside(self, staging: str, store: str, path: list[str], reason: str) -> None:
         recovered = self.recovered_dir
-        assert recovered is not None
+        if recovered is None:  # no workbench: nothing was journaled or staged there to set aside
+            raise OSError(errno.EIO, f"no workbench to keep the staged data of {store}/{'/'.join(path)} in")
         target = recovered_path(recovered, store, path)
         os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
         try:

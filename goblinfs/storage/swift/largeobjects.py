@@ -174,15 +174,15 @@ class SegmentUploader(_Segments):
             if self._fd is None:
                 self._fd = os.open(self.local_path, os.O_RDONLY | os.O_CLOEXEC)
             length = min(self.segment_size, end - self.sent)
-            future = self.store._executor().submit(self._put, len(self.futures), self.sent, length)
+            future = self.store._executor().submit(self._put, self._fd, len(self.futures), self.sent, length)
             self.futures.append(future)
             self.sent += length
 
-    def _put(self, index: int, start: int, length: int) -> tuple[str, str, int]:
-        assert self._fd is not None
+    def _put(self, fd: int, index: int, start: int, length: int) -> tuple[str, str, int]:
+        """(pool thread) PUT segment index: bytes [start, start + length) of the local file (fd)."""
         self.store._ensure_segment_container()
         segment = self.segment_name(index)
-        body = _HashingBody(self._fd, start, length, hashing=self.store.verify_segments)
+        body = _HashingBody(fd, start, length, hashing=self.store.verify_segments)
         etag = strip_etag(self.store._call("put_object", self.store.segment_container, segment, body,
                                             content_length=length, content_type="application/octet-stream",
                                             name=segment))
