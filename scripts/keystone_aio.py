@@ -38,9 +38,11 @@ application credentials through Keystone's REST API (the standard library's urll
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import logging
 import os
+import pwd
 import shutil
 import sqlite3
 import subprocess
@@ -264,9 +266,10 @@ def start(dir: str | os.PathLike[str], port: int | None = None, token_expiration
             if not (state / "keystone.db").exists():
                 for repo in ("fernet-keys", "fernet-receipts", "credential-keys"):
                     (state / repo).mkdir(mode=0o700, exist_ok=True)
-                _manage(state, "fernet_setup", "--keystone-user", "root", "--keystone-group", "root")
-                _manage(state, "receipt_setup", "--keystone-user", "root", "--keystone-group", "root")
-                _manage(state, "credential_setup", "--keystone-user", "root", "--keystone-group", "root")
+                owner = ["--keystone-user", pwd.getpwuid(os.getuid()).pw_name,
+                         "--keystone-group", grp.getgrgid(os.getgid()).gr_name]  # the key files' owner
+                for setup in ("fernet_setup", "receipt_setup", "credential_setup"):
+                    _manage(state, setup, *owner)
                 _manage(state, "db_sync")
                 _wal(state / "keystone.db")
             # Idempotent: also refreshes the identity endpoint to this port.
