@@ -185,9 +185,9 @@ def test_region_and_interface_select_the_endpoint(keystone_env: dict[str, Any], 
     """The catalog has the live proxy and a dead port in two regions and two interfaces: the store
     uses exactly the endpoint its region_name / endpoint_type / cloudfiles_use_servicenet name."""
     env = keystone_env
-    # A dead endpoint refuses connections at once: a short retry_deadline bounds the test.
+    # A dead endpoint refuses connections at once: a short retry_deadline (one attempt) bounds the test.
     keys = keystone_keys(env, container, region_name=region, endpoint_type=endpoint_type,
-                         cloudfiles_use_servicenet=servicenet, retry_deadline=None if live else "3")
+                         cloudfiles_use_servicenet=servicenet, retry_deadline=None if live else "1")
     if live:
         store = CloudFileStorage(**keys)
         try:
@@ -202,7 +202,7 @@ def test_region_and_interface_select_the_endpoint(keystone_env: dict[str, Any], 
             CloudFileStorage(**keys)
         assert f"127.0.0.1:{env['dead_port']}" in str(refused.value)
         assert not isinstance(refused.value, AuthenticationFailed)
-        assert time.monotonic() - started < 30  # retry_deadline 3 s, with room for a loaded machine
+        assert time.monotonic() - started < 30  # retry_deadline 1 s, with room for a loaded machine
 
 
 def test_unknown_region_and_conflicting_options(keystone_env: dict[str, Any], container: str) -> None:
@@ -218,7 +218,7 @@ def test_unknown_region_and_conflicting_options(keystone_env: dict[str, Any], co
         make_store(env, container, endpoint_type="sideways")
     started = time.monotonic()
     with pytest.raises(StorageUnavailable, match=f"cannot reach Keystone at http://127.0.0.1:{env['dead_port']}/v3"):
-        make_store(env, container, cloudfiles_host=f"http://127.0.0.1:{env['dead_port']}", retry_deadline="3")
+        make_store(env, container, cloudfiles_host=f"http://127.0.0.1:{env['dead_port']}", retry_deadline="1")
     assert time.monotonic() - started < 30
     v1 = {"cloudfiles_host": "http://127.0.0.1:1/auth/v1.0", "cloudfiles_user": "a:b", "cloudfiles_api_key": "k",
           "cloudfiles_container": container}
