@@ -485,9 +485,16 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         return total, free, files + (1 << 30), 1 << 30
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        """user.goblinfs.url / etag / content_type; ENODATA for anything else."""
+        """user.goblinfs.url / etag / content_type; ENODATA for other user.* names.
+
+        Other namespaces (security.*, system.* ACLs, trusted.*) are not supported at all:
+        EOPNOTSUPP, which ``ls -l`` remembers per filesystem (ENODATA made it ask again for
+        every file: one round trip each).
+        """
         node = self.node(ino)
         key = name.decode("utf-8", "surrogateescape")
+        if not key.startswith("user."):
+            raise OSError(errno.EOPNOTSUPP, "only user.* attributes exist here")
         if key == XATTR_STATUS and ino == ROOT_INO:
             doc = self.status()
             return json.dumps(doc).encode()
