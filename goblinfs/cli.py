@@ -393,12 +393,16 @@ def cmd_sync(argv: list[str]) -> int:
                         help="seconds between progress lines (default 10)")
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus metrics on 127.0.0.1:PORT while running")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log the store's warnings (retries...); -vv: its details too")
     args = parser.parse_args(argv)
     if args.transfers < 1:
         return _fail(f"--transfers {args.transfers}: must be 1 or more", 2)
     if not args.interval > 0:
         return _fail(f"--interval {args.interval:g}: must be positive", 2)
-    logging.basicConfig(level=logging.WARNING, format="goblinfs sync: %(name)s: %(message)s")
+    # Failures come back per file or as one line; the store's own log only when asked for.
+    level = (logging.CRITICAL, logging.WARNING, logging.INFO)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="goblinfs sync: %(name)s: %(message)s")
     options = Options(transfers=args.transfers, checksum=args.checksum, dry_run=args.dry_run, delete=args.delete)
     if args.metrics_port is not None and not 1 <= args.metrics_port <= 65535:
         return _fail(f"--metrics-port {args.metrics_port}: must be between 1 and 65535", 2)
