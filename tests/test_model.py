@@ -1470,6 +1470,7 @@ async def test_cut_listing_is_an_oserror(faulty: Direct) -> None:
         await faulty.put(f"file-with-a-longish-name-{i}.txt", b"x")
     faulty.proxy.add_rule(method="GET", path=r"prefix=" + re.escape(faulty.dirname), action="truncate",
                           after_bytes=100, times=4)
+    faulty.vfs.node(faulty.dir_ino).children_time = 0.0  # the cached listing expired (dir_timeout)
     with pytest.raises((OSError, StorageUnavailable)):
         await faulty.vfs.opendir(faulty.dir_ino)
     faulty.proxy.clear()

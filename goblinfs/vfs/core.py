@@ -217,7 +217,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             raise OSError(errno.EEXIST, "exists")
         path = parent.path.child(clean)
         self._check_object_name(store, path)
-        await store.call(functools.partial(store.storage.make_dir, path, new=True))
+        await store.meta(functools.partial(store.storage.make_dir, path, new=True))
         entry = Entry(name=clean, is_dir=True, mtime_ns=time.time_ns())
         self._note_child(parent, clean, entry)
         node = self._node_for(store, path, entry)
@@ -240,7 +240,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             children = None
         if children:
             raise OSError(errno.ENOTEMPTY, "directory not empty")
-        ok = children is None or await store.call(store.storage.delete_dir, node.path, False)
+        ok = children is None or await store.meta(store.storage.delete_dir, node.path, False)
         if not ok and not store.local and not await store.call(store.storage.file_exists, node.path):
             ok = True
         if not ok:
@@ -265,7 +265,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         delete = functools.partial(store.storage.delete_file, node.path, keep_parent=not siblings, seen=seen)
         async with node.lock:  # no publication between the delete and the detach
             try:
-                await store.call(delete)
+                await store.meta(delete)
             except FileNotFoundError:
                 if node.remote is None:  # else: written here and never stored, nothing to delete
                     raise
@@ -310,7 +310,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         for moving in [n for n in list(self.nodes.values())
                        if n.store is store and n.remote is not None and n.path[:len(node.path)] == node.path]:
             await self.publish_pending(moving)  # what is written is stored before it moves
-        await store.call(store.storage.move, node.path, new_path)
+        await store.meta(store.storage.move, node.path, new_path)
         if self.cache is not None and not store.local:
             self.cache.invalidate(store.storage, node.path)
             self.cache.invalidate(store.storage, new_path)
@@ -376,7 +376,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         self._check_object_name(store, path)
         now = time.time_ns()
         if store.local:
-            fd = await store.call(store.open_fd, path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = await store.meta(store.open_fd, path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
             entry = Entry(name=clean, is_dir=False, size=0, mtime_ns=now)
             node = self._node_for(store, path, entry)
             handle = self._new_handle(node, fd, True, True, append=bool(flags & os.O_APPEND))
@@ -407,7 +407,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             open_flags = os.O_RDWR if writable else os.O_RDONLY
             if truncate:
                 open_flags |= os.O_TRUNC
-            fd = await store.call(store.open_fd, node.path, open_flags)
+            fd = await store.meta(store.open_fd, node.path, open_flags)
             handle = self._new_handle(node, fd, writable, True, append=append)
             if writable:
                 node.writers += 1
@@ -439,7 +439,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
                 await self._truncate_remote(node, size, fh)
         if mtime_ns is not None:
             if store.local or node.is_dir or not self._set_pending_mtime(node, mtime_ns):
-                await store.call(store.storage.set_mtime, node.path, mtime_ns)
+                await store.meta(store.storage.set_mtime, node.path, mtime_ns)
                 node.entry = _with(node.entry, mtime_ns=mtime_ns)
             parent_ino = self.by_path.get((store.name, node.path.parent))
             if parent_ino is not None:
@@ -452,7 +452,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         if handle is not None and handle.fd is not None and handle.writable:
             os.ftruncate(handle.fd, size)
         else:
-            fd = await store.call(store.open_fd, node.path, os.O_WRONLY)
+            fd = await store.meta(store.open_fd, node.path, os.O_WRONLY)
             try:
                 os.ftruncate(fd, size)
             finally:
