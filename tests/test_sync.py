@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -258,21 +259,28 @@ def test_swift_to_swift_server_side(swift_env: dict[str, Any], containers: tuple
     assert set(swift_files(conn, public)) == set(swift_files(conn, queue))
 
 
-def _interrupt(args: list[str], delay: float) -> int:
-    """Start a sync, SIGTERM it after delay seconds; its exit status (it must end within 60 s)."""
-    proc = subprocess.Popen([sys.executable, "-m", "goblinfs", "sync", *args, "--json", "--transfers", "4"],
+def _interrupt(args: list[str], fraction: float) -> int:
+    """Start a sync, SIGTERM it once its progress lines say *fraction* of the files are done; its
+    exit status (it must end within 60 s).  Two transfers, so that the run lasts on a fast machine."""
+    proc = subprocess.Popen([sys.executable, "-m", "goblinfs", "sync", *args, "--json", "--transfers", "2",
+                             "--progress", "lines", "--interval", "0.05"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = []
     try:
-        time.sleep(delay)
-        proc.send_signal(signal.SIGTERM)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            match = re.search(rb"sync: (\d+)/(\d+) files", line)
+            if match and int(match[1]) >= fraction * int(match[2]):
+                proc.send_signal(signal.SIGTERM)
+                break
         _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    # 0: it ended before the signal; -SIGTERM: killed while Python was starting, before the
-    # command ran (nothing written); 128+SIGTERM: stopped cleanly.  Never a failure.
-    assert proc.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM), err.decode(errors="replace")
+    # 0: it ended before the signal; 128+SIGTERM: stopped cleanly.  Never a failure.
+    assert proc.returncode in (0, 128 + signal.SIGTERM), (b"".join(seen) + err).decode(errors="replace")
     return proc.returncode
 
 
@@ -318,7 +326,7 @@ def test_interrupted_then_rerun(swift_env: dict[str, Any], containers: tuple[str
 
     statuses = []
     for _round in range(3):
-        statuses.append(_interrupt([str(source), f"{config}:public"], rng.uniform(1.0, 3.5)))
+        statuses.append(_interrupt([str(source), f"{config}:public"], rng.uniform(0.05, 0.9)))
         present = _swift_consistent(conn, public, files)
         assert present <= len(files), seed
     rc, report, err = run_sync(str(source), f"{config}:public")
@@ -331,7 +339,7 @@ def test_interrupted_then_rerun(swift_env: dict[str, Any], containers: tuple[str
     # Swift -> local, interrupted: no temporary file stays, what is there is whole.
     back = tmp_path / "back"
     for _round in range(2):
-        statuses.append(_interrupt([f"{config}:public", str(back)], rng.uniform(1.0, 2.5)))
+        statuses.append(_interrupt([f"{config}:public", str(back)], rng.uniform(0.05, 0.9)))
         assert not list(back.rglob(".goblinfs-sync-*")), (seed, statuses)
         for path in back.rglob("*"):
             if path.is_file():
