@@ -81,8 +81,11 @@ def test_rm_r_through_the_mount(fault_swift: Any, container: str, tmp_path: Path
         assert sorted(os.listdir(tree)) == ["d0", "d1"]
         for d in ("d0", "d1"):
             assert len(os.listdir(tree / d)) == 5
+        (tree / "d2").mkdir()  # written through the mount: what the upload answered is known too
+        for i in range(5):
+            (tree / "d2" / f"f{i}.jpg").write_bytes(b"mine %d" % i)
         fault_swift.proxy.requests.clear()
-        for d in ("d0", "d1"):
+        for d in ("d0", "d1", "d2"):
             for i in range(5):
                 os.unlink(tree / d / f"f{i}.jpg")
             os.rmdir(tree / d)
@@ -91,7 +94,7 @@ def test_rm_r_through_the_mount(fault_swift: Any, container: str, tmp_path: Path
         deletes = [path for method, path in requests if method == "DELETE"]
         heads = [path for method, path in requests if method == "HEAD" and path.endswith(".jpg")]
         assert sorted(p for p in deletes if p.endswith(".jpg")) == \
-            sorted(f"/tree/d{d}/f{i}.jpg" for d in range(2) for i in range(5))
+            sorted(f"/tree/d{d}/f{i}.jpg" for d in range(3) for i in range(5))
         assert heads == []
     assert store.list_dir([]) == []
 

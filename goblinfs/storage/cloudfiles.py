@@ -573,7 +573,7 @@ class CloudFileStorage(StorageInterface):
         self._delete_segments([segment for segment in replaced if segment not in ours])
         log.debug("uploaded %s (%d bytes, %s)", name, size,
                   "streamed SLO" if stream is not None else "SLO" if size > segment_size else "single PUT")
-        return Entry(components[-1], False, size, mtime_ns, etag, content_type)
+        return Entry(components[-1], False, size, mtime_ns, etag, content_type, plain=not segments)
 
     def _upload_single(self, path: str, name: str, size: int, full_type: str, headers: Mapping[str, str]) -> str:
         # Hashed first, so Swift checks the ETag before the object replaces the old one.
