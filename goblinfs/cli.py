@@ -26,10 +26,13 @@ import logging
 import os
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import ConfigError, load_config
+from .config import ConfigError, GoblinConfig, load_config
+
+if TYPE_CHECKING:
+    from .mount import MountOptions  # imported when mounting only (pyfuse3)
 
 log = logging.getLogger("goblinfs")
 
@@ -103,13 +106,12 @@ def _config_words(options: dict[str, str]) -> list[str]:
     return words
 
 
-def _daemonize(config: object, mountpoint: str, opts: object, store: str | None) -> int:
+def _daemonize(config: GoblinConfig, mountpoint: str, opts: MountOptions, store: str | None) -> int:
     """Fork; the child mounts and reports 'ready' or the error line through a pipe."""
     from .mount import MountFailed, prepare, run, setup_logging
     from .systemd import Notifier
 
-    logfile = opts.logfile or os.path.join(  # type: ignore[attr-defined]
-        opts.cache_dir or config.workbench_path, "goblinfs.log")  # type: ignore[attr-defined]
+    logfile = opts.logfile or os.path.join(opts.cache_dir or config.workbench_path, "goblinfs.log")
     try:
         os.makedirs(os.path.dirname(logfile), exist_ok=True)
         with open(logfile, "a"):
@@ -133,12 +135,12 @@ def _daemonize(config: object, mountpoint: str, opts: object, store: str | None)
     os.setsid()
     status = 1
     try:
-        setup_logging(opts.debug, logfile)  # type: ignore[attr-defined]
+        setup_logging(opts.debug, logfile)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         try:
-            prepared = prepare(config, mountpoint, opts, store)  # type: ignore[arg-type]
+            prepared = prepare(config, mountpoint, opts, store)
         except (ConfigError, MountFailed) as exc:
             os.write(write_fd, str(exc).encode())
             os._exit(1)

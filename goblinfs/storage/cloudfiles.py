@@ -53,6 +53,7 @@ names other modules and tests import from here.
 
 from __future__ import annotations
 
+import enum
 import errno
 import io
 import logging
@@ -63,7 +64,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, overload
 
 from requests.exceptions import RequestException
 from swiftclient.client import ClientException, Connection
@@ -142,12 +143,29 @@ DEFAULT_LISTING_LIMIT = 10000
 DEFAULT_MAX_MANIFEST_SEGMENTS = 1000
 
 _TRUE = {"1", "true", "yes", "on"}
+
+
+class _Head(enum.Enum):
+    """The type of ``_HEAD`` (one value: a sentinel the type checker can tell apart)."""
+
+    HEAD = enum.auto()
+
+
 #: ``_upload``'s default for ``old``: HEAD the object to find what it replaces.
-_HEAD = object()
+_HEAD = _Head.HEAD
 _AUTH_VERSIONS = {"1": "1.0", "1.0": "1.0", "2": "2.0", "2.0": "2.0", "3": "3", "3.0": "3"}
 
 
+@overload
+def _int_option(name: str, value: Any, default: int, minimum: int = 0) -> int: ...
+
+
+@overload
+def _int_option(name: str, value: Any, default: None, minimum: int = 0) -> int | None: ...
+
+
 def _int_option(name: str, value: Any, default: int | None, minimum: int = 0) -> int | None:
+    """An integer option: default when None or ''; StorageConfigError when not an integer or below minimum."""
     if value is None or value == "":
         return default
     try:
@@ -368,7 +386,8 @@ class CloudFileStorage(StorageInterface):
         try:
             caps = self.session.retrying(fetch, what="GET /info")
         except (ClientException, RequestException, ValueError) as exc:
-            log.warning("Swift at %s gives no /info (%s); assuming Swift's default limits", self._where(conn), exc)
+            log.warning("Swift at %s gives no /info (%s); assuming Swift's default limits",
+                        self.session.where(conn), exc)
             return {}
         finally:
             # get_capabilities leaves an /info response on the shared HTTP session.
@@ -511,7 +530,7 @@ class CloudFileStorage(StorageInterface):
 
     def _upload(self, path: str | None, name: str, *, content_type: str, mtime_ns: int | None = None,
                 meta: Mapping[str, str] | None = None, exclusive: bool = False,
-                old: Mapping[str, str] | None | object = _HEAD, stream: SegmentStream | None = None,
+                old: Mapping[str, str] | None | Literal[_Head.HEAD] = _HEAD, stream: SegmentStream | None = None,
                 upload_id: str | None = None) -> Entry:
         """Upload the local file path as object name (SLO when large); return its Entry.
 
@@ -523,12 +542,17 @@ class CloudFileStorage(StorageInterface):
         self._check_new_name(name, components)
         if old is _HEAD:
             old = self._head(name)
-        assert old is None or isinstance(old, Mapping)
         if old is not None and exclusive:
             raise FileExistsError(errno.EEXIST, "file exists", name)
         if old is not None and is_directory_type(old.get("content-type")):
             raise IsADirectoryError(errno.EISDIR, "is a directory", name)
-        size = stream.accepted if stream is not None else os.path.getsize(path)  # type: ignore[arg-type]
+        local = ""  # the local file sent, unless the data is in the stream's segments
+        if stream is not None:
+            size = stream.accepted
+        elif path is not None:
+            local, size = path, os.path.getsize(path)
+        else:
+            raise TypeError("_upload needs a local file or a stream")
         segment_size = self._effective_segment_size(size)
         if size > segment_size and not self.slo_enabled:
             raise OSError(errno.EFBIG, "object too large and this Swift has no SLO support", name)
@@ -552,7 +576,7 @@ class CloudFileStorage(StorageInterface):
                 etag = self._put_manifest(name, segments, full_type, headers)
             elif size > segment_size:
                 self._ensure_segment_container()
-                uploader = SegmentUploader(self, path, name, segment_size, upload_id)  # type: ignore[arg-type]
+                uploader = SegmentUploader(self, local, name, segment_size, upload_id)
                 try:
                     uploader.send(size)
                     segments = uploader.results()
@@ -564,11 +588,14 @@ class CloudFileStorage(StorageInterface):
                 uploader.close()
             else:
                 replaced = [] if exclusive else self._segments_of(name, old)
-                etag = self._upload_single(path, name, size, full_type, headers)  # type: ignore[arg-type]
+                etag = self._upload_single(local, name, size, full_type, headers)
         except ClientException as exc:
             if exc.http_status == 412 and exclusive:
                 raise FileExistsError(errno.EEXIST, "file exists", name) from None
-            raise self._map_error(exc, name, None) from exc  # type: ignore[misc]
+            mapped = self._map_error(exc, name, None)
+            if mapped is None:
+                raise
+            raise mapped from exc
         ours = {(self.segment_container, segment) for segment, _, _ in segments}
         self._delete_segments([segment for segment in replaced if segment not in ours])
         log.debug("uploaded %s (%d bytes, %s)", name, size,
@@ -615,8 +642,8 @@ class CloudFileStorage(StorageInterface):
         kind, plus = parse_mode(mode)
         name = self._file_name(filepath)
         if kind == "r" and not plus:
-            return self._open_reader(name)  # type: ignore[return-value]
-        return self._open_writer(name, kind, plus)  # type: ignore[return-value]
+            return self._open_reader(name)
+        return self._open_writer(name, kind, plus)
 
     def _open_reader(self, name: str, container: str | None = None) -> io.BufferedReader:
         """A buffered SwiftReader of the object (one GET now; resumed if the connection breaks)."""

@@ -427,13 +427,14 @@ class SwiftSession:
         """
         connection: Any = conn or self.conn()
         body = args[2] if method == "put_object" and len(args) > 2 else None
+        reset = getattr(body, "reset", None)  # a body that can be sent again from its start
         attempts = 0
 
         def attempt(timeout: float) -> Any:
             nonlocal attempts
             attempts += 1
-            if attempts > 1 and callable(getattr(body, "reset", None)):
-                body.reset()
+            if attempts > 1 and callable(reset):
+                reset()
             if isinstance(connection, _Connection):
                 connection.set_timeout(timeout)
             try:
@@ -458,7 +459,9 @@ class SwiftSession:
             if exc.http_status in passthrough:
                 raise
             mapped = self.map_error(exc, name, connection)
-            raise mapped from exc  # type: ignore[misc]
+            if mapped is None:
+                raise
+            raise mapped from exc
         except Exception as exc:
             mapped = self.map_error(exc, name, connection)
             if mapped is None:
@@ -562,7 +565,7 @@ class SwiftSession:
             if response.status == 401 and not relogged:
                 # An expired token: log in again and resend (once per call).
                 relogged = True
-                conn.url = conn.token = None  # type: ignore[assignment]
+                conn.url = conn.token = None
                 self.forget_token(token)
                 raise _TokenRefused(f"Swift refused the token for PUT {container}/{name}")
             if response.status >= 300:
