@@ -352,9 +352,19 @@ def run(prepared: Prepared, mountpoint: str, ready: Callable[[], None] | None = 
         except Exception as exc:  # already unmounted from outside
             log.debug("close: %s", exc)
         _stop_metrics(prepared)
+    if not_answering == STOPPED_BEFORE_READY:
+        # A stop asked for while starting (systemctl stop, Ctrl-C) is a clean stop, not a failure:
+        # the session was unmounted and drained like any other.  (A forking `goblinfs mount`
+        # still fails: its parent never heard "ready".)
+        log.info("goblinfs at %s: stopped by a signal before it was ready", mountpoint)
+        return 0 if clean else 1
     if not_answering is not None:
         raise MountFailed(f"the mount at {mountpoint} does not answer: {not_answering}")
     return 0 if clean else 1
+
+
+#: Why a mount did not become ready when a stop signal came first.
+STOPPED_BEFORE_READY = "stopped by a signal before it was ready"
 
 
 async def _root_answers(mountpoint: str, startup: trio.CancelScope) -> str | None:
@@ -369,7 +379,7 @@ async def _root_answers(mountpoint: str, startup: trio.CancelScope) -> str | Non
         except OSError as exc:
             return exc.strerror or str(exc)
         return None
-    return "stopped by a signal before it was ready"
+    return STOPPED_BEFORE_READY
 
 
 async def _serve(vfs: Vfs, mountpoint: str, ready: Callable[[], None] | None, notifier: Notifier) -> str | None:
@@ -383,7 +393,9 @@ async def _serve(vfs: Vfs, mountpoint: str, ready: Callable[[], None] | None, no
             await trio.sleep(0)
             await trio.to_thread.run_sync(_raise_readahead, mountpoint)
             problem = await _root_answers(mountpoint, startup)
-            if problem is not None:
+            if problem == STOPPED_BEFORE_READY:
+                pyfuse3.terminate()
+            elif problem is not None:
                 log.error("goblinfs at %s: the mount does not answer (%s): unmounting", mountpoint, problem)
                 pyfuse3.terminate()
             else:
