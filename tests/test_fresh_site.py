@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from .conftest import drop_container
 from .mountutil import force_unmount
 from .test_mount_cli import Mounts, assert_one_error_line, goblinfs, unmount_and_wait
+from .test_mount_cli import mounts as mounts  # the fixture: mountpoints and daemons torn down by PID
 
 #: The parts of MediaGoblin's mediagoblin.example.ini that matter here, laid out as it ships them
 #: (stores at their defaults under data_basedir, plugins as nested sections, celery settings).
@@ -48,15 +46,6 @@ CELERY_ALWAYS_EAGER = true
 [[mediagoblin.plugins.processing_info]]
 [[mediagoblin.media_types.image]]
 """
-
-
-@pytest.fixture
-def mounts() -> Iterator[Mounts]:
-    registry = Mounts()
-    try:
-        yield registry
-    finally:
-        registry.cleanup()
 
 
 def mount_fresh_site(mounts: Mounts, site: Path, logfile: Path) -> int:

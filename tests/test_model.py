@@ -1312,6 +1312,21 @@ class Direct:
         await self.close(fh)
 
 
+@contextlib.asynccontextmanager
+async def _direct_env(tmp_path: Path, ctx: Context) -> AsyncIterator[Direct]:
+    """A Vfs over ctx's store, running in a nursery, with a fresh directory to work in."""
+    options = Options(staging_dir=str(tmp_path / "staging"), workbench_dir=str(tmp_path), op_timeout=OP_TIMEOUT)
+    os.makedirs(options.staging_dir, exist_ok=True)
+    vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
+    async with trio.open_nursery() as nursery:
+        vfs.nursery = nursery
+        public = await vfs.lookup(ROOT_INO, b"public")
+        dirname = f"r{uuid.uuid4().hex[:10]}"
+        node = await vfs.mkdir(public.ino, dirname.encode())
+        yield Direct(vfs, ctx.storage, ctx.direct, node.ino, dirname)
+        nursery.cancel_scope.cancel()
+
+
 @pytest.fixture(params=["local", "swift"])
 async def direct(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Direct]:
     container = None
@@ -1320,17 +1335,9 @@ async def direct(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     else:
         container = f"gfs-{uuid.uuid4().hex[:12]}"
         ctx = _swift_context(tmp_path, request.getfixturevalue("swift_env"), container)
-    options = Options(staging_dir=str(tmp_path / "staging"), workbench_dir=str(tmp_path), op_timeout=OP_TIMEOUT)
-    os.makedirs(options.staging_dir, exist_ok=True)
-    vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
     try:
-        async with trio.open_nursery() as nursery:
-            vfs.nursery = nursery
-            public = await vfs.lookup(ROOT_INO, b"public")
-            dirname = f"r{uuid.uuid4().hex[:10]}"
-            node = await vfs.mkdir(public.ino, dirname.encode())
-            yield Direct(vfs, ctx.storage, ctx.direct, node.ino, dirname)
-            nursery.cancel_scope.cancel()
+        async with _direct_env(tmp_path, ctx) as env:
+            yield env
     finally:
         if container is not None:
             drop_container(request.getfixturevalue("swift_env"), container)
@@ -1415,19 +1422,10 @@ async def faulty(tmp_path: Path, swift_env: dict[str, Any], fault_swift: Any) ->
     """A Direct whose vfs talks to Swift through the fault proxy (one retry); .proxy to inject."""
     container = f"gfs-{uuid.uuid4().hex[:12]}"
     ctx = _swift_context(tmp_path, swift_env, container, via=fault_swift.env, retries="1")
-    options = Options(staging_dir=str(tmp_path / "staging"), workbench_dir=str(tmp_path), op_timeout=OP_TIMEOUT)
-    os.makedirs(options.staging_dir, exist_ok=True)
-    vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
     try:
-        async with trio.open_nursery() as nursery:
-            vfs.nursery = nursery
-            public = await vfs.lookup(ROOT_INO, b"public")
-            dirname = f"r{uuid.uuid4().hex[:10]}"
-            node = await vfs.mkdir(public.ino, dirname.encode())
-            env = Direct(vfs, ctx.storage, ctx.direct, node.ino, dirname)
+        async with _direct_env(tmp_path, ctx) as env:
             env.proxy = fault_swift.proxy
             yield env
-            nursery.cancel_scope.cancel()
     finally:
         fault_swift.proxy.clear()
         drop_container(swift_env, container)

@@ -117,3 +117,24 @@ def test_warm_listing_within_dir_timeout_asks_nothing(fault_swift: Any, containe
         assert sorted(os.listdir(top / "d0")) == ["f.jpg", "new.jpg"]
         os.unlink(top / "d1" / "f.jpg")
         assert os.listdir(top / "d1") == []
+
+
+def test_failing_marker_put_never_fails_the_delete(fault_swift: Any, container: str, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The delete is done before the directory's marker is written: Swift refusing that PUT (past
+    the retries) is a warning, the file is gone, and nothing else changed."""
+    store = make_cloud_storage(fault_swift.env, container, staging_dir=str(tmp_path), retries="1")
+    with store.get_file(["d", "last.jpg"], "wb") as f:
+        f.write(b"x")
+    with store.get_file(["keep.jpg"], "wb") as f:
+        f.write(b"kept bytes")
+    fault_swift.proxy.add_rule(method="PUT", path=rf"/{container}/d/$", status=503, times=None)
+    with caplog.at_level("WARNING"):
+        store.delete_file(["d", "last.jpg"])
+    assert ("PUT", "/d/") in object_requests(fault_swift.proxy, container)
+    assert "directory d not kept" in caplog.text
+    fault_swift.proxy.clear()
+    assert not store.file_exists(["d", "last.jpg"])
+    assert [entry.name for entry in store.list_dir([])] == ["keep.jpg"]
+    with store.get_file(["keep.jpg"], "rb") as f:
+        assert f.read() == b"kept bytes"

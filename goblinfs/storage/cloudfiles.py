@@ -79,6 +79,7 @@ from . import (
     Upload,
     resolve_components,
 )
+from . import Error as StorageError
 from . import NotImplementedError as StorageNotImplementedError
 from .swift.io import READ_CHUNK, SwiftReader, SwiftWriter, parse_mode
 from .swift.keystone import KeystoneLogin, normalize_interface
@@ -743,14 +744,20 @@ class CloudFileStorage(StorageInterface):
         Swift has no directories: a pseudo-directory vanishes with its last object, and
         MediaGoblin's cleanup (delete the file, then ``delete_dir`` each level) expects it to
         remain, as a directory on disk does.  One listing; one PUT only when it was the last.
+        Best effort: the delete or move before it is done, so Swift failing here (past the
+        retries) is a warning, never an error of that delete; the directory may then vanish,
+        as every Swift pseudo-directory does.
         """
         parent, _, _ = name.rpartition("/")
         if not parent:
             return
-        if next(iter(self._iter_listing(parent + "/", limit=1)), None) is not None:
-            return
-        log.debug("keeping directory %s after its last entry went", parent)
-        self._put_marker(parent + "/", None)
+        try:
+            if next(iter(self._iter_listing(parent + "/", limit=1)), None) is not None:
+                return
+            log.debug("keeping directory %s after its last entry went", parent)
+            self._put_marker(parent + "/", None)
+        except (OSError, StorageError) as exc:
+            log.warning("directory %s not kept after its last entry went: %s", parent, exc)
 
     def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:
         """Delete the directory; True on success, False when missing, not empty (non-recursive) or the root.

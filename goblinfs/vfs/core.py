@@ -259,7 +259,8 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             raise OSError(errno.EISDIR, "is a directory")
         # The directory stays after its last file (Swift keeps it with a marker); where our
         # listing shows other entries in it, the store need not look.
-        siblings = parent.children is not None and any(other != node.path[-1] for other in parent.children)
+        children = parent.children
+        siblings = children is not None and len(children) > (1 if node.path[-1] in children else 0)  # O(1): rm -r
         # What the listing said of it: a plain Swift object goes with one DELETE.
         seen = node.entry if node.remote is None else None
         delete = functools.partial(store.storage.delete_file, node.path, keep_parent=not siblings, seen=seen)
