@@ -539,8 +539,8 @@ class Sync:
 
     def remove_temp_files(self) -> None:
         """Delete the local temporary files of copies still running (before an immediate exit)."""
-        with self._lock:
-            names = list(self._temp_files)
+        # No lock: this runs in a signal handler, maybe while this very thread holds _lock.
+        names = list(self._temp_files)
         for name in names:
             with contextlib.suppress(OSError):
                 os.unlink(name)
@@ -669,11 +669,14 @@ class Sync:
         return files, dirs
 
     def _delete(self, files: list[Path], dirs: list[Path]) -> None:
+        doomed = set(dirs)
+
         def delete_file(path: Path) -> None:
             if isinstance(self.dst, LocalEndpoint):
                 os.unlink(self.dst.path(path))
             else:
-                self.dst.store.delete_file(ExactPath(path))
+                # No marker to keep a directory that goes next anyway (one listing per file less).
+                self.dst.store.delete_file(ExactPath(path), keep_parent=path[:-1] not in doomed)
 
         with ThreadPoolExecutor(self.options.transfers, thread_name_prefix="goblinfs-sync-delete") as pool:
             for path, future in [(path, pool.submit(delete_file, path)) for path in files]:
@@ -744,16 +747,33 @@ class Sync:
             if isinstance(self.dst, LocalEndpoint):
                 self._local_to_local(path, info)
             else:
-                self._local_to_swift(path, info, self.src.path(path), new=existing is None)
+                try:
+                    self._local_to_swift(path, info, self.src.path(path), new=existing is None)
+                except Mismatch:
+                    self._remove_mismatch(path)
+                    raise
             return "copied"
         if isinstance(self.dst, LocalEndpoint):
             self._swift_to_local(path, info)
             return "copied"
-        if self.server_side:
-            self._swift_to_swift_server_side(path, info, existing)
-            return "server-side"
-        self._swift_to_swift_through(path, info)
-        return "copied"
+        try:
+            if self.server_side:
+                self._swift_to_swift_server_side(path, info, existing)
+                return "server-side"
+            self._swift_to_swift_through(path, info)
+            return "copied"
+        except Mismatch:
+            self._remove_mismatch(path)
+            raise
+
+    def _remove_mismatch(self, path: Path) -> None:
+        """A Swift destination found to hold other bytes was already published with the source's
+        size and mtime: delete it, or the next run would take it for up to date."""
+        assert isinstance(self.dst, SwiftEndpoint)
+        try:
+            self.dst.store.delete_file(ExactPath(path))
+        except OSError as exc:
+            log.warning("%s: could not delete the mismatched copy: %s", show(path), exc)
 
     # ---------------------------------------------------------------- checksum
 
@@ -891,12 +911,14 @@ class Sync:
         content_type = info.content_type or guess_type(path[-1])
         headers = {"Content-Type": f"{content_type};{MTIME_PARAM}={mtime}", "X-Object-Meta-Mtime": mtime}
         old_segments: list[tuple[str, str]] = []
-        if existing is not None and existing.large:
-            old_segments = dst_store.large.segments_of(name, dst_store._head(name))
         if info.large is None:
+            if existing is not None:  # read just before the replacing PUT (a listing may miss an SLO)
+                old_segments = dst_store.large.segments_of(name, dst_store._head(name))
             copy_headers = {"X-Copy-From": "/" + urllib.parse.quote(f"{src_store.container}/{name}"), **headers}
-            etag = strip_etag(dst_store._call("put_object", dst_store.container, name, None, headers=copy_headers,
-                                              name=name))
+            etag = strip_etag(dst_store._call("put_object", dst_store.container, name, None,
+                                              headers=copy_headers, name=name))
+            if old_segments:  # replaced by a plain object: the old SLO's segments go (a lost answer: gc)
+                dst_store._delete_segments(old_segments)
             if info.etag and etag != info.etag:
                 raise Mismatch(f"{name}: copied with ETag {etag}, the source's is {info.etag}")
         else:
@@ -916,15 +938,20 @@ class Sync:
                     done.append((segment, etag or "", length))
                     if md5 is not None and etag != md5:
                         raise Mismatch(f"{name} (segment {index}): copied with ETag {etag}, the source's is {md5}")
+                if existing is not None:  # read just before the manifest replaces it
+                    old_segments = dst_store.large.segments_of(name, dst_store._head(name))
                 slo_etag = dst_store.large.put_manifest(name, done, headers["Content-Type"],
                                                         {"X-Object-Meta-Mtime": mtime})
             except BaseException:
-                dst_store._delete_segments([(dst_store.segment_container, segment) for segment, _, _ in done])
+                # By upload id, keeping any segment a published manifest uses (an answer lost
+                # after Swift stored the manifest), and the segments whose answer was lost too.
+                with contextlib.suppress(Exception):
+                    dst_store.discard_upload(ExactPath(path), upload_id)
                 raise
+            if old_segments:
+                dst_store._delete_segments(old_segments)
             if info.large == "slo" and info.etag and slo_etag != info.etag:
                 raise Mismatch(f"{name}: the new SLO's ETag is {slo_etag}, the source's is {info.etag}")
-        if old_segments:
-            dst_store._delete_segments(old_segments)
 
     def _source_segments(self, path: Path, info: FileInfo) -> list[tuple[str, str, int, str | None]]:
         """(container, object, bytes, md5) of every segment of the source large object."""
@@ -941,7 +968,7 @@ class Sync:
                 if item.get("range"):
                     raise OSError(errno.ENOTSUP, f"{name}: SLO segments with ranges are not copied server-side")
                 container, _, obj = str(item.get("name", "")).lstrip("/").partition("/")
-                segments.append((urllib.parse.unquote(container), urllib.parse.unquote(obj), int(item["bytes"]),
+                segments.append((container, obj, int(item["bytes"]),
                                  str(item.get("hash") or "") or None))
             return segments
         manifest = dlo_prefix(store._head(name))

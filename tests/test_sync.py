@@ -485,3 +485,29 @@ def test_local_to_local(tmp_path: Path) -> None:
     rc, report, err = run_sync(str(source), str(dest), "--checksum")
     assert rc == 0 and report is not None and report["checksum_differed"] == ["My Photo 1.jpg"], err
     check_local_has(dest, files, source)
+
+
+def test_mismatch_at_a_swift_destination_is_not_left_to_look_up_to_date(
+        swift_env: dict[str, Any], containers: tuple[str, str], tmp_path: Path) -> None:
+    """A server-side copy whose ETag is not the one the scan saw (the source changed in between) is
+    a failure, and the copy is deleted: published with the source's size and mtime, it would pass
+    for up to date at the next run."""
+    from goblinfs.sync import FileInfo, Options, Sync, open_endpoint
+
+    public, queue = containers
+    config = write_config(tmp_path / "cfg", swift_env, public, queue)
+    conn = connect(swift_env)
+    conn.put_container(queue)
+    conn.put_object(queue, "a.jpg", b"what the scan saw")
+    src = open_endpoint(f"{config}:queue")
+    dst = open_endpoint(f"{config}:public", create=True)
+    job = Sync(src, dst, Options())
+    assert job.server_side
+    scanned = FileInfo(17, 1_700_000_000 * 10**9, etag=hashlib.md5(b"what the scan saw").hexdigest())
+    conn.put_object(queue, "a.jpg", b"changed after the scan")  # same name, other bytes
+    with pytest.raises(Mismatch):
+        job._transfer(("a.jpg",), scanned, None)
+    with pytest.raises(swiftclient.ClientException) as info:
+        conn.head_object(public, "a.jpg")
+    assert info.value.http_status == 404
+    assert conn.get_object(queue, "a.jpg")[1] == b"changed after the scan"  # the source untouched
