@@ -219,7 +219,8 @@ def _start_metrics(addr: str, vfs: Vfs) -> MountMetrics:
     from .metrics import MountMetrics
 
     try:
-        return MountMetrics(addr, vfs, lambda: pyfuse3.trio_token)
+        # The Vfs's own run, not pyfuse3's token: that one is gone while uploads drain at stop.
+        return MountMetrics(addr, vfs, lambda: vfs.trio_token)
     except ValueError as exc:
         raise MountFailed(f"metrics={addr}: {exc}") from None
     except OSError as exc:

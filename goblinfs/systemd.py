@@ -61,21 +61,22 @@ class Notifier:
         return self.socket is not None
 
     def _send(self, name: str, value: str | int | None = None) -> bool:
-        """Send one ``NAME=value`` datagram; True if it was delivered."""
+        """Send one ``NAME=value`` datagram (``READY`` alone means ``READY=1``); True if delivered."""
+        return self._send_lines(f"{name}={1 if value is None else value}")
+
+    def _send_lines(self, *lines: str) -> bool:
+        """Send the lines as ONE datagram (systemd checks the sender once per datagram)."""
         if self.socket is None:
             return False
         try:
             # Imported here: without NOTIFY_SOCKET the daemon does not even load libsystemd.
-            from cysystemd.daemon import Notification, notify
+            from cysystemd._daemon import sd_notify
 
-            if value is None:
-                notify(Notification[name], return_exceptions=False)
-            else:
-                notify(Notification[name], value, return_exceptions=False)
+            sd_notify("\n".join(lines))
         except Exception as exc:  # a gone or refusing supervisor must not end the daemon
             level = logging.DEBUG if self._warned else logging.WARNING
             self._warned = True
-            log.log(level, "cannot notify systemd at %s (%s): %s", self.socket, name, exc)
+            log.log(level, "cannot notify systemd at %s (%s): %s", self.socket, ", ".join(lines), exc)
             return False
         return True
 
@@ -88,8 +89,9 @@ class Notifier:
 
     def forked_ready(self, daemon_pid: int) -> None:
         """From the forking parent: the daemon ``daemon_pid`` is the service's main process, ready."""
-        if self._send("MAINPID", daemon_pid):
-            self._send("READY")
+        # One datagram: with NotifyAccess=main, systemd takes a message only from the main PID,
+        # which MAINPID= changes: a READY=1 sent after it from here would be refused.
+        self._send_lines(f"MAINPID={daemon_pid}", "READY=1")
 
     def status(self, text: str) -> None:
         """``STATUS=text`` (one line: line breaks become spaces)."""

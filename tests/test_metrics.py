@@ -7,11 +7,13 @@ scrapes before and after what it does and checks the differences against what wa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -574,3 +576,41 @@ def test_sync_serves_its_figures_while_it_runs(
     # A file's PUT is acknowledged (uploaded) before the copy is verified and counted (sync bytes).
     assert 0 < mid.get("goblinfs_sync_bytes_total") <= mid.get("goblinfs_swift_uploaded_bytes_total")
     assert not listening(port)
+
+
+def test_pending_uploads_still_served_while_they_drain_at_stop(
+        tmp_path: Path, fault_swift: FaultSwift, swift_container: str, metrics_port: int) -> None:
+    """SIGTERM with a file still to upload and Swift slow: the scrape keeps showing it pending
+    during the drain (the FUSE session is over by then), and the file reaches Swift."""
+    import signal
+
+    config = write_swift_config(tmp_path / "cfg", fault_swift.env, swift_container)
+    options = f"metrics=127.0.0.1:{metrics_port},{SWIFT_OPTIONS}"
+    content = os.urandom(200 * KiB)
+    with Mounted(config, tmp_path / "mnt", options=options) as mounted:
+        assert mounted.proc is not None
+        fault_swift.proxy.add_rule(method="PUT", path=f"/{swift_container}/held.bin", action="delay", delay=6)
+        f = open(mounted.mountpoint / "public" / "held.bin", "wb")  # noqa: SIM115 - held across the stop
+        f.write(content)
+        f.flush()
+        mounted.proc.send_signal(signal.SIGTERM)  # with the file still open: the daemon drains it
+        seen = []
+
+        def pending_during_drain() -> bool:
+            try:
+                figures = scrape(metrics_port)
+            except OSError:
+                return False
+            seen.append(figures.get("goblinfs_pending_uploads"))
+            return figures.get("goblinfs_pending_uploads") >= 1
+
+        try:
+            time.sleep(1.5)  # the FUSE session ended at once; the upload waits 6 s in the proxy
+            assert mounted.proc.poll() is None, "the daemon should still be draining"
+            assert wait_until(pending_during_drain, 3), seen
+            assert mounted.proc.wait(timeout=60) == 0
+        finally:
+            with contextlib.suppress(OSError):
+                f.close()  # the session is gone by now
+    store = make_cloud_storage(fault_swift.env, swift_container)
+    assert store.read_range(["held.bin"], 0, len(content)) == content

@@ -47,6 +47,7 @@ class NotifySocket:
         self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.messages: list[tuple[int, str]] = []  # (sender pid, one line), in arrival order
+        self.datagrams: list[tuple[int, list[str]]] = []  # (sender pid, its lines): systemd checks each once
 
     def receive(self, timeout: float) -> bool:
         """Wait up to timeout for one datagram; keep its lines; False if none came."""
@@ -60,6 +61,7 @@ class NotifySocket:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                 pid = CREDENTIALS.unpack(payload[:CREDENTIALS.size])[0]
         self.messages.extend((pid, line) for line in data.decode().splitlines())
+        self.datagrams.append((pid, data.decode().splitlines()))
         return True
 
     def wait_for(self, predicate: Callable[[int, str], bool], timeout: float) -> tuple[int, str]:
@@ -302,7 +304,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.fuse
 def test_forking_mount_hands_over_with_mainpid(tmp_path: Path, path_socket: NotifySocket) -> None:
-    """Without -f: the command sends MAINPID=<daemon> then READY=1 and returns; the daemon then sends
+    """Without -f: the command sends MAINPID=<daemon> and READY=1 (one datagram) and returns; the daemon then sends
     STATUS=, and STOPPING=1 when unmounted from outside (fusermount3 -u), and exits."""
     config = write_local_config(tmp_path / "cfg")
     mnt = tmp_path / "mnt"
@@ -322,6 +324,8 @@ def test_forking_mount_hands_over_with_mainpid(tmp_path: Path, path_socket: Noti
         assert sender == command.pid and mainpid.startswith("MAINPID="), path_socket.messages
         daemon = int(mainpid.removeprefix("MAINPID="))
         assert daemon != command.pid and _alive(daemon)
+        # One datagram: with NotifyAccess=main a READY=1 sent by the parent after MAINPID= is refused.
+        assert path_socket.datagrams[0] == (command.pid, [mainpid, "READY=1"]), path_socket.datagrams
         assert is_mounted(mnt) and fstype(mnt) == "fuse.goblinfs"
         # The daemon's own first STATUS= comes one interval later, after systemd knows its PID.
         pid, status = path_socket.wait_for(lambda p, line: line.startswith("STATUS="), 15)
@@ -419,6 +423,7 @@ def test_notifier_without_socket_sends_nothing_and_with_a_dead_one_never_raises(
     Notifier().forked_ready(4242)
     path_socket.drain()
     assert path_socket.lines() == ["STATUS=two lines here", "STOPPING=1", "MAINPID=4242", "READY=1"]
+    assert path_socket.datagrams[-1][1] == ["MAINPID=4242", "READY=1"]  # one datagram
     assert {pid for pid, _line in path_socket.messages} == {os.getpid()}
 
 

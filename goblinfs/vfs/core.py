@@ -71,6 +71,9 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         self.dir_handles: dict[int, list[tuple[str, int]]] = {}
         self.dir_handles_nodes: dict[int, Node] = {}
         self._nursery: trio.Nursery | None = None
+        #: The trio run serving this Vfs (set with the nursery): for threads that read its state
+        #: (metrics), valid until that run ends, also after the FUSE session (the drain).
+        self.trio_token: trio.lowlevel.TrioToken | None = None
         self._recovery_started = False
         #: goblinfs.status.ErrorLog of the mount (the last warnings and errors), if any.
         self.error_log: Any = None
@@ -91,11 +94,13 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
     @nursery.setter
     def nursery(self, nursery: trio.Nursery | None) -> None:
         self._nursery = nursery
-        if nursery is None or self._recovery_started or self.journal is None:
+        if nursery is None:
             return
         try:
-            trio.lowlevel.current_trio_token()
+            self.trio_token = trio.lowlevel.current_trio_token()
         except RuntimeError:  # set from outside the run: its owner calls recover()
+            return
+        if self._recovery_started or self.journal is None:
             return
         # What an earlier run left in the journal is finished or set aside at once.
         self._recovery_started = True
