@@ -70,31 +70,30 @@ def _errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         observer: OpObserver | None = getattr(args[0], "observer", None) if args else None
         start = time.monotonic() if observer is not None else 0.0
+        code = errno.EIO
         try:
             result = await fn(*args, **kwargs)
+            code = 0
+            return result
         except pyfuse3.FUSEError as exc:
-            _observe(observer, fn.__name__, start, exc.errno)
+            code = exc.errno
             raise
         except (OSError, InvalidFilepath) as exc:
             code = errno_of(exc)
-            level = logging.WARNING if code == errno.EIO else logging.DEBUG
-            log.log(level, "%s: %s", fn.__name__, exc)
-            _observe(observer, fn.__name__, start, code)
+            log.log(logging.WARNING if code == errno.EIO else logging.DEBUG, "%s: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(code) from None
         except StorageUnavailable as exc:
             log.error("%s: store unavailable: %s", fn.__name__, exc)
-            _observe(observer, fn.__name__, start, errno.EIO)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except StorageError as exc:
             log.error("%s: store error: %s", fn.__name__, exc)
-            _observe(observer, fn.__name__, start, errno.EIO)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
             log.exception("%s failed unexpectedly", fn.__name__)
-            _observe(observer, fn.__name__, start, errno.EIO)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        _observe(observer, fn.__name__, start, 0)
-        return result
+        finally:
+            if observer is not None:  # once per request, and nothing at all without metrics
+                _observe(observer, fn.__name__, start, code)
 
     return wrapper
 

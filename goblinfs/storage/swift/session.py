@@ -394,8 +394,8 @@ class SwiftSession:
             try:
                 result = attempt(max(min(self.timeout, remaining), MIN_ATTEMPT))
             except Exception as exc:
-                if method is not None and not isinstance(exc, _ChunkSourceError):
-                    _notify("attempt", method, status_label(exc), time.monotonic() - start)
+                if method is not None and _observers and not isinstance(exc, _ChunkSourceError):
+                    _notify("attempt", method, status_label(exc), time.monotonic() - start)  # 404s too: only if asked
                 if on_failure is not None:
                     on_failure(exc)
                 if not is_transient(exc):
