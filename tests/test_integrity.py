@@ -221,14 +221,21 @@ def bench(swift_env: dict[str, Any], tmp_path: Path) -> Iterator[Bench]:
 def readline(p: subprocess.Popen[str], timeout: float = 30) -> str:
     """One line of a helper's stdout, within timeout."""
     assert p.stdout is not None
-    ready, _, _ = select.select([p.stdout], [], [], timeout)
-    if not ready:
-        raise AssertionError(f"no output from helper {p.args!r} in {timeout} s")
-    line = p.stdout.readline()
-    if not line:
-        err = p.stderr.read() if p.stderr is not None and p.poll() is not None else ""
-        raise AssertionError(f"helper ended without output: {err}")
-    return line.strip()
+    # Byte by byte from the pipe itself: the text wrapper's readline() may read the next lines
+    # into its buffer too, where finish()'s communicate(), which reads the pipe, never sees them.
+    fd = p.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no output from helper {p.args!r} in {timeout} s")
+        byte = os.read(fd, 1)
+        if not byte:
+            err = p.stderr.read() if p.stderr is not None and p.poll() is not None else ""
+            raise AssertionError(f"helper ended without a whole line ({line!r}): {err}")
+        line += byte
+    return line.decode().strip()
 
 
 def finish(p: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
