@@ -59,6 +59,7 @@ import errno
 import functools
 import inspect
 import logging
+import mmap
 import os
 import time
 import uuid
@@ -79,6 +80,15 @@ log = logging.getLogger(__name__)
 FAR_AHEAD = 8 * 1048576
 #: GETs the download worker retries (resuming where it stopped) before giving up: FAILED.
 GET_RETRIES = 2
+#: The download's chunks: the first ones small (the first bytes reach a waiting reader sooner),
+#: then CHUNK, each ending on a multiple of CHUNK (reads of the kernel's read-ahead fall in one).
+FIRST_CHUNK = 65536
+CHUNK = 1048576
+#: Bytes of the latest chunks a download keeps in memory: readers near its head (nearly all of
+#: them: the download is slower than the reads) are answered from there, not from the part file.
+WINDOW = 8 * CHUNK
+#: Alignment of direct (O_DIRECT) writes of the part file: offsets, lengths and buffers.
+DIRECT_ALIGN = 4096
 
 
 class State(enum.Enum):
@@ -261,6 +271,9 @@ class Download:
         #: then, as a hand-off per chunk would cost a fifth of a download's CPU time.
         self.waiting = False
         self.readers = 0
+        #: The latest chunks, ((offset, bytes), ...) in order, at most WINDOW bytes: replaced
+        #: whole by the worker (a reader takes one snapshot, never sees it change).
+        self.window: tuple[tuple[int, bytes], ...] = ()
         self._ranges: RangeReader | None = None
 
     def __repr__(self) -> str:
@@ -298,6 +311,8 @@ class Download:
         elif new is State.FAILED:
             log.warning("download of %s stopped at %d of %d bytes (%s); reading the rest by ranged GETs",
                         "/".join(self.node.path), self.done, self.size, reason)
+        if new is not State.FETCHING and new is not State.COMPLETE:
+            self.window = ()  # readers read the part file (or ranges) from now on
         if new is State.CLOSED:
             self._ranges = None
             if self.node.download is self:
@@ -331,6 +346,26 @@ class Download:
         """(trio thread) Wake the waiting readers."""
         self.progress.set()
         self.progress = trio.Event()
+
+    def from_window(self, offset: int, end: int) -> bytes | memoryview | None:
+        """The bytes [offset, end) if the window holds them all (a slice, not a copy, when one
+        chunk does), else None."""
+        window = self.window
+        if not window or offset < window[0][0]:
+            return None
+        pieces: list[memoryview] = []
+        pos = offset
+        for start, data in window:
+            stop = start + len(data)
+            if stop <= pos:
+                continue
+            if start > pos:
+                return None
+            pieces.append(memoryview(data)[pos - start:min(stop, end) - start])
+            pos = min(stop, end)
+            if pos >= end:
+                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return None
 
     def holds(self, end: int) -> bool:
         """Whether the part file holds the object's bytes up to end."""
@@ -387,6 +422,69 @@ def _write_part(fd: int, data: bytes, offset: int, cache: ReadCache) -> str | No
         view = view[written:]
         offset += written
     return None
+
+
+class _PartWriter:
+    """(worker thread) Writes a download's chunks into its part file.
+
+    Chunks that start and end on DIRECT_ALIGN go through a second descriptor opened with
+    O_DIRECT, from an aligned buffer: they skip the page cache (copying a GiB into fresh page
+    cache pages, then writing it back, costs the CPU that Swift's servers need on this same
+    machine; readers near the head get the window instead).  The rest (the last chunk, any
+    direct write the file system refuses) goes through the part file's own descriptor.  Both
+    evict cached copies on ENOSPC, as ``_write_part`` does.
+    """
+
+    def __init__(self, part: str, fd: int, cache: ReadCache) -> None:
+        self.fd = fd
+        self.cache = cache
+        self.direct: int | None = None
+        self.buffer: mmap.mmap | None = None
+        try:
+            self.direct = os.open(part, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+            self.buffer = mmap.mmap(-1, CHUNK)  # page-aligned, as O_DIRECT wants
+        except (OSError, AttributeError) as exc:  # e.g. a file system without O_DIRECT
+            log.debug("part file %s: no direct writes (%s)", part, exc)
+            self.close()
+
+    def write(self, data: bytes, offset: int) -> str | None:
+        """Write all of data at offset: None, or why the bytes cannot be written."""
+        size = len(data)
+        if (self.direct is not None and self.buffer is not None and offset % DIRECT_ALIGN == 0
+                and size % DIRECT_ALIGN == 0 and size <= len(self.buffer)):
+            self.buffer[:size] = data
+            view = memoryview(self.buffer)[:size]
+            try:
+                while True:
+                    try:
+                        written = os.pwrite(self.direct, view, offset)
+                    except OSError as exc:
+                        if exc.errno in NO_SPACE_ERRNOS and self.cache.evict_lru():
+                            continue
+                        if exc.errno in NO_SPACE_ERRNOS:
+                            return f"writing the part file: {exc.strerror or exc}"
+                        log.debug("direct write at %d refused (%s); writing through the page cache", offset, exc)
+                        self.close()
+                        break
+                    if written == size:
+                        return None
+                    # A short direct write: the rest through the page cache, from where it stopped.
+                    return _write_part(self.fd, data[written:], offset + written, self.cache) if written > 0 \
+                        else _write_part(self.fd, data, offset, self.cache)
+            finally:
+                view.release()
+        return _write_part(self.fd, data, offset, self.cache)
+
+    def close(self) -> None:
+        direct, self.direct = self.direct, None
+        if direct is not None:
+            try:
+                os.close(direct)
+            except OSError as exc:
+                log.debug("closing a direct descriptor: %s", exc)
+        buffer, self.buffer = self.buffer, None
+        if buffer is not None:
+            buffer.close()
 
 
 class ReadsMixin(VfsBase):
@@ -506,25 +604,36 @@ class ReadsMixin(VfsBase):
         """(worker thread) GET the object into the part file; returns the event that ends FETCHING.
 
         A failed or cut-short GET is retried from where it stopped (a new GET, its ETag checked);
-        a write the disk cannot take (after evicting every cached copy) is WRITE_FAILED.
+        a write the disk cannot take (after evicting every cached copy) is WRITE_FAILED.  Each
+        chunk goes to the window too; the part file is written with O_DIRECT where the file
+        system allows it (``_PartWriter``).
         """
-        _part, fd = download.part_file()
+        part, fd = download.part_file()
         size = download.size
         done = 0
         failures = 0
-        want = 65536  # small first chunks: the first bytes reach a waiting reader sooner
+        want = FIRST_CHUNK
         source = None
+        read: Callable[[int], bytes] | None = None
+        writer = _PartWriter(part, fd, cache)
+        window: list[tuple[int, bytes]] = []
+        held = 0
         try:
             while done < size:
                 try:
                     if source is None:
                         source = storage.get_file(path, "rb")
+                        raw = getattr(source, "raw", source)
                         got = _reader_etag(source)
                         if download.etag and got is not None and got != download.etag:
                             return Event.GET_FAILED, f"the object changed (ETag {got}, opened as {download.etag})"
                         if done:
                             source.seek(done)
-                    chunk = source.read(min(want, size - done))
+                        # A reader that hands out the body's own chunks spares a copy per chunk
+                        # (nothing was read through the buffered wrapper: it holds nothing).
+                        read = getattr(raw, "read_chunk", None) or source.read
+                    assert read is not None
+                    chunk = read(min(want, CHUNK - done % CHUNK, size - done))
                     if not chunk:
                         raise OSError(errno.EIO, f"the object ended at {done} of {size} bytes")
                 except (FileNotFoundError, IsADirectoryError) as exc:
@@ -538,12 +647,17 @@ class ReadsMixin(VfsBase):
                         return Event.GET_FAILED, f"GET failed at {done} of {size} bytes: {exc}"
                     log.info("download of %s: GET failed at %d bytes (%s); resuming", "/".join(path), done, exc)
                     continue
-                want = min(want * 2, 1048576)
-                problem = _write_part(fd, chunk, done, cache)
+                want = min(want * 2, CHUNK)
+                problem = writer.write(chunk, done)
                 if problem is not None:
                     return Event.WRITE_FAILED, problem
+                window.append((done, chunk))
+                held += len(chunk)
+                while held - len(window[0][1]) >= WINDOW:
+                    held -= len(window.pop(0)[1])
+                download.window = tuple(window)
                 done += len(chunk)
-                download.done = done  # the bytes are in the part file before this
+                download.done = done  # the bytes are in the part file (and the window) before this
                 if download.waiting:
                     download.waiting = False
                     try:
@@ -552,6 +666,7 @@ class ReadsMixin(VfsBase):
                         return Event.GET_FAILED, "the daemon is ending"
             return Event.FETCHED, ""
         finally:
+            writer.close()
             if source is not None:
                 _close_quietly(source)
 
@@ -585,7 +700,7 @@ class ReadsMixin(VfsBase):
             raise OSError(errno.EIO, "no data source")
         return await self._download_read(download, offset, size)
 
-    async def _download_read(self, download: Download, offset: int, size: int) -> bytes:
+    async def _download_read(self, download: Download, offset: int, size: int) -> bytes | memoryview:
         """The object's bytes [offset, offset + size) (fewer only at its end), or an error."""
         end = min(offset + size, download.size)
         if end <= offset:
@@ -594,6 +709,10 @@ class ReadsMixin(VfsBase):
             if offset > download.done + FAR_AHEAD:
                 return await download.ranges.read(offset, end - offset)
             await download.wait_for(end)
+        if download.state is State.FETCHING or download.state is State.COMPLETE:
+            recent = download.from_window(offset, end)
+            if recent is not None:
+                return recent
         if download.holds(end):
             _part, fd = download.part_file()
             data = os.pread(fd, end - offset, offset)

@@ -99,17 +99,24 @@ class SwiftReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         """Read up to len(buffer) bytes (at most READ_CHUNK) from the current position; 0 at EOF."""
-        self._check_closed()
         view = memoryview(buffer).cast("B")
-        wanted = min(len(view), self.size - self._pos, READ_CHUNK)
+        data = self.read_chunk(min(len(view), READ_CHUNK))
+        view[: len(data)] = data
+        return len(data)
+
+    def read_chunk(self, size: int) -> bytes:
+        """Up to size bytes from the current position, as the GET body gave them (no copy here:
+        for a reader that keeps the chunks); b"" at EOF.  Resumed as ``readinto`` is."""
+        self._check_closed()
+        wanted = min(size, self.size - self._pos)
         if wanted <= 0:
-            return 0
+            return b""
         deadline: float | None = None
         while True:
             if self._body is None or self._body_pos != self._pos:
                 self._open_at(self._pos, deadline)
             try:
-                data = self._body.read(wanted)
+                data: bytes = self._body.read(wanted)
                 if not data:
                     raise _EndedEarly(f"{self.name} ended at {self._pos} of {self.size} bytes")
                 break
@@ -122,10 +129,9 @@ class SwiftReader(io.RawIOBase):
                     raise StorageUnavailable(f"reading {self.name} from Swift failed: {exc}") from exc
                 log.info("reading %s from Swift broke at byte %d (%s); resuming there", self.name, self._pos, exc)
                 time.sleep(random.uniform(FIRST_BACKOFF / 2, FIRST_BACKOFF))
-        view[: len(data)] = data
         self._pos += len(data)
         self._body_pos = self._pos
-        return len(data)
+        return data
 
     def _open_at(self, offset: int, deadline: float | None = None) -> None:
         self._close_body()
