@@ -8,8 +8,11 @@ object's, and the size shown is the object's.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import re
 import subprocess
@@ -113,6 +116,72 @@ def local_remote(tmp_path: Path, files: dict[str, bytes]) -> QuickRemoteStorage:
     return QuickRemoteStorage(str(root))
 
 
+def resident_bytes(path: Path | str) -> int:
+    """How many bytes of the file are in the page cache (mincore(2) of a shared mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size = os.path.getsize(path)
+    page = mmap.PAGESIZE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            pages = (size + page - 1) // page
+            vec = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+            return sum(page for v in vec if v & 1)
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def takes_direct_writes(directory: Path) -> bool:
+    """Whether files there can be written with O_DIRECT, bypassing the page cache (not tmpfs,
+    whose pages are its storage)."""
+    if subprocess.run(["stat", "-f", "-c", "%T", str(directory)], capture_output=True,
+                      text=True).stdout.strip() == "tmpfs":
+        return False
+    probe = directory / f"probe-{uuid.uuid4().hex[:6]}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True
+
+
+class PacedRemoteStorage(QuickRemoteStorage):
+    """Its reader gives at most 1 MiB per read, each after a pause: a download slower than its
+    readers, as a real one is."""
+
+    pause = 0.02
+
+    def get_file(self, filepath: Any, mode: str = "r") -> Any:
+        source = super().get_file(filepath, mode)
+        pause = self.pause
+
+        class Paced:
+            raw = None
+
+            def read(self, size: int = -1) -> bytes:
+                time.sleep(pause)
+                return source.read(min(size, MIB))
+
+            def seek(self, offset: int) -> int:
+                return source.seek(offset)
+
+            def close(self) -> None:
+                source.close()
+
+        return Paced()
+
+
 # ------------------------------------------------------------------ the state machine
 
 
@@ -152,6 +221,21 @@ async def test_fire_follows_the_table_and_ignores_the_rest(tmp_path: Path) -> No
     assert download.fire(Event.FETCHED) is State.DEGRADED
     assert download.fire(Event.UNUSED) is State.CLOSED and node.download is None
     assert download.fire(Event.UNUSED) is State.CLOSED
+
+
+def test_window_answers_only_what_it_holds_whole() -> None:
+    node = Node(7, None, ExactPath(("x.bin",)), Entry("x.bin", False, 40))
+    download = Download(node, 40, "etag")
+    assert download.from_window(0, 4) is None  # nothing yet
+    chunks = [bytes(range(i * 10, i * 10 + 10)) for i in range(4)]
+    download.window = tuple((i * 10, c) for i, c in enumerate(chunks[1:], start=1))  # bytes 10..40
+    one = download.from_window(12, 18)
+    assert isinstance(one, memoryview) and bytes(one) == chunks[1][2:8]  # within one chunk: a slice
+    across = download.from_window(15, 35)
+    assert across is not None and bytes(across) == b"".join(chunks)[15:35]
+    assert bytes(download.from_window(30, 40) or b"x") == chunks[3]
+    assert download.from_window(5, 15) is None  # starts before the window: the part file answers
+    assert download.from_window(35, 45) is None  # past what was fetched
 
 
 # ------------------------------------------------------------------ Vfs, local stand-in for a remote store
@@ -249,6 +333,67 @@ async def test_download_with_room_is_adopted_after_evicting(tmp_path: Path) -> N
             assert part_files(fs / "cache") == []
 
 
+async def test_readers_at_the_head_are_answered_from_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A download slower than its reader: every read comes from the window (no pread of the part
+    file), right, and the copy is adopted whole."""
+    data = os.urandom(12 * MIB + 4321)
+    store = local_remote(tmp_path, {"big.bin": data})
+    store.__class__ = PacedRemoteStorage
+    real_pread = os.pread
+    part_reads: list[int] = []
+
+    def counting_pread(fd: int, length: int, offset: int) -> bytes:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".part-x"):
+            part_reads.append(offset)
+        return real_pread(fd, length, offset)
+
+    async with running_vfs(store, tmp_path, tmp_path / "cache") as vfs:
+        assert vfs.cache is not None
+        monkeypatch.setattr(reads.os, "pread", counting_pread)
+        node, fh = await open_file(vfs, "big.bin")
+        download = vfs.handle(fh).download
+        assert download is not None
+        assert sha(await read_all(vfs, fh, len(data))) == sha(data)
+        monkeypatch.undo()
+        assert part_reads == []
+        assert await settled(download) is State.ADOPTED
+        assert download.window == ()  # the memory goes once the part file is complete
+        await vfs.release(fh)
+        cached = vfs.cache.lookup(store, ["big.bin"], store.stat(["big.bin"]).etag or "", len(data))
+        assert cached is not None and Path(cached).read_bytes() == data
+
+
+async def test_refused_direct_writes_go_through_the_page_cache(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses a direct write (EINVAL): the chunk, and the rest, are written
+    normally; the copy is whole."""
+    data = os.urandom(9 * MIB + 100)
+    store = local_remote(tmp_path, {"big.bin": data})
+    real_pwrite = os.pwrite
+    refused: list[int] = []
+
+    def picky_pwrite(fd: int, buf: Any, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "no direct I/O here")
+        return real_pwrite(fd, buf, offset)
+
+    monkeypatch.setattr(reads.os, "pwrite", picky_pwrite)
+    async with running_vfs(store, tmp_path, tmp_path / "cache") as vfs:
+        assert vfs.cache is not None
+        _node, fh = await open_file(vfs, "big.bin")
+        download = vfs.handle(fh).download
+        assert download is not None
+        assert sha(await read_all(vfs, fh, len(data))) == sha(data)
+        assert await settled(download) is State.ADOPTED
+        await vfs.release(fh)
+        monkeypatch.undo()
+        if takes_direct_writes(tmp_path):
+            assert refused == [0]  # tried once, then never again for this download
+        cached = vfs.cache.lookup(store, ["big.bin"], store.stat(["big.bin"]).etag or "", len(data))
+        assert cached is not None and Path(cached).read_bytes() == data
+
+
 # ------------------------------------------------------------------ Vfs on the real Swift
 
 
@@ -335,6 +480,32 @@ async def test_swift_cut_short_get_is_resumed(fault_swift: FaultSwift, container
         await vfs.release(fh)
         cached = vfs.cache.lookup(storage, ["big.bin"], node.entry.etag or "", len(data))
         assert cached is not None and Path(cached).read_bytes() == data
+
+
+async def test_swift_download_skips_the_page_cache_and_resumes_anywhere(fault_swift: FaultSwift, container: str,
+                                                                        tmp_path: Path) -> None:
+    """An object of an odd size whose GET is cut at an odd byte: the download resumes there, the
+    cached copy is the object, and (where the disk takes O_DIRECT) it was written around the page
+    cache: only its unaligned tail is resident."""
+    storage = make_cloud_storage(fault_swift.env, container, staging_dir=str(tmp_path), retry_deadline="3")
+    data = os.urandom(12 * MIB + 5000)
+    upload(storage, tmp_path, "odd.bin", data)
+    rule = fault_swift.proxy.add_rule(method="GET", path=_object_get(container, "odd.bin"), action="truncate",
+                                      after_bytes=3 * MIB + 1234, times=1)
+    async with running_vfs(storage, tmp_path, tmp_path / "cache") as vfs:
+        assert vfs.cache is not None
+        node, fh = await open_file(vfs, "odd.bin")
+        download = vfs.handle(fh).download
+        assert download is not None
+        assert await settled(download) is State.ADOPTED  # no reader read anything yet
+        assert rule.hits == 1
+        cached = vfs.cache.lookup(storage, ["odd.bin"], node.entry.etag or "", len(data))
+        assert cached is not None
+        if takes_direct_writes(tmp_path / "cache"):
+            assert resident_bytes(cached) <= reads.CHUNK + 2 * mmap.PAGESIZE
+        assert sha(await read_all(vfs, fh, len(data))) == sha(data)
+        await vfs.release(fh)
+        assert Path(cached).read_bytes() == data
 
 
 async def test_swift_failed_get_gives_right_bytes_or_eio(fault_swift: FaultSwift, container: str,

@@ -452,28 +452,34 @@ class _PartWriter:
         size = len(data)
         if (self.direct is not None and self.buffer is not None and offset % DIRECT_ALIGN == 0
                 and size % DIRECT_ALIGN == 0 and size <= len(self.buffer)):
-            self.buffer[:size] = data
-            view = memoryview(self.buffer)[:size]
-            try:
-                while True:
-                    try:
-                        written = os.pwrite(self.direct, view, offset)
-                    except OSError as exc:
-                        if exc.errno in NO_SPACE_ERRNOS and self.cache.evict_lru():
-                            continue
-                        if exc.errno in NO_SPACE_ERRNOS:
-                            return f"writing the part file: {exc.strerror or exc}"
-                        log.debug("direct write at %d refused (%s); writing through the page cache", offset, exc)
-                        self.close()
-                        break
-                    if written == size:
-                        return None
-                    # A short direct write: the rest through the page cache, from where it stopped.
-                    return _write_part(self.fd, data[written:], offset + written, self.cache) if written > 0 \
-                        else _write_part(self.fd, data, offset, self.cache)
-            finally:
-                view.release()
+            written = self._write_direct(data, offset)
+            if isinstance(written, str):
+                return written
+            if written >= size:
+                return None
+            data, offset = data[written:], offset + written  # refused (0) or short: the rest as usual
         return _write_part(self.fd, data, offset, self.cache)
+
+    def _write_direct(self, data: bytes, offset: int) -> int | str:
+        """The bytes written directly (0: refused, and no direct write is tried again), or why
+        the disk cannot take them."""
+        if self.direct is None or self.buffer is None:
+            return 0
+        size = len(data)
+        self.buffer[:size] = data
+        with memoryview(self.buffer)[:size] as view:
+            while True:
+                try:
+                    return os.pwrite(self.direct, view, offset)
+                except OSError as exc:
+                    if exc.errno in NO_SPACE_ERRNOS:
+                        if self.cache.evict_lru():
+                            continue
+                        return f"writing the part file: {exc.strerror or exc}"
+                    log.debug("direct write at %d refused (%s); writing through the page cache", offset, exc)
+                    break
+        self.close()
+        return 0
 
     def close(self) -> None:
         direct, self.direct = self.direct, None
