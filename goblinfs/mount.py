@@ -121,6 +121,12 @@ def parse_options(pairs: list[str], base: MountOptions | None = None) -> MountOp
                 opts.vfs.gc_grace = float(value)
                 if opts.vfs.gc_grace < 0:
                     raise ValueError(value)
+            elif key == "writeback" and not has_value:
+                opts.vfs.writeback = True
+            elif key == "transfers":
+                opts.vfs.transfers = int(value)
+                if not 1 <= opts.vfs.transfers <= 64:
+                    raise MountFailed(f"transfers={value}: use a number from 1 to 64")
             elif key == "nogc":
                 opts.vfs.gc_grace = None
             elif key == "logfile":
@@ -291,7 +297,9 @@ def prepare(config: GoblinConfig, mountpoint: str, opts: MountOptions, only_stor
                 raise MountFailed(f"store {name}: {exc}") from None
             except OSError as exc:
                 raise MountFailed(f"store {name}: {exc}") from None
-        stores.append(StoreMount(name, storage, opts.vfs))
+        # Write-back uploads take at most `transfers` workers; the others stay free for lookups and reads.
+        threads = 8 + (opts.vfs.transfers if opts.vfs.writeback else 0)
+        stores.append(StoreMount(name, storage, opts.vfs, max_threads=threads))
     if any_remote:
         # Another mount may change the container: do not trust listings for long by default.
         if not opts.dir_timeout_set:

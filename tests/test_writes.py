@@ -302,9 +302,9 @@ async def test_small_files_written_and_closed_need_no_journal_record(
     writes: list[str] = []
     real = Journal.write
 
-    def counting(self: Journal, record_id: str, record: dict[str, Any]) -> None:
+    def counting(self: Journal, record_id: str, record: dict[str, Any], durable: bool = False) -> None:
         writes.append(record["state"])
-        real(self, record_id, record)
+        real(self, record_id, record, durable)
 
     monkeypatch.setattr(Journal, "write", counting)
     for i in range(5):

@@ -41,13 +41,23 @@ class Journal:
     def _path(self, record_id: str) -> str:
         return os.path.join(self.directory, f"{record_id}.json")
 
-    def write(self, record_id: str, record: dict[str, Any]) -> None:
-        """Write (or replace) a record atomically."""
+    def write(self, record_id: str, record: dict[str, Any], durable: bool = False) -> None:
+        """Write (or replace) a record atomically; durable: fsynced, and its name too, before
+        returning (it then survives a power loss, not only a killed daemon)."""
         path = self._path(record_id)
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
             json.dump(record, f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def remove(self, record_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

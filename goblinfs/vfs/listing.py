@@ -41,6 +41,8 @@ class ListingMixin(VfsBase):
                         children.pop(name, None)
                     else:
                         children[name] = entry
+            for name, entry in self._unpublished_children(node.store, node.path):
+                children[name] = entry  # acknowledged by write-back, not uploaded yet
             node.children = children
             node.children_time = now
         return node.children

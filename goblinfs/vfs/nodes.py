@@ -65,6 +65,10 @@ class Options:
     gc_grace: float | None = 86400.0
     #: How long names we created/deleted override a (possibly stale) remote listing.
     overlay_seconds: float = 60.0
+    #: Write-back (``-o writeback``): close() returns once the content is durable in the
+    #: workbench journal; uploads run in the background, ``transfers`` at once.
+    writeback: bool = False
+    transfers: int = 8
 
 
 @dataclass

@@ -9,7 +9,10 @@ rename, unlink, publication) holds ``node.lock`` for its whole duration, awaits 
 
 The promises this module keeps (README, "Guarantees"):
 
-* durable close: flush/fsync return only once the store holds the staged bytes;
+* durable close: flush/fsync return only once the store holds the staged bytes; with the
+  opt-in write-back (``-o writeback``) a close returns once the bytes and their journal record
+  are fsynced in the workbench (QUEUED), and a background upload publishes them (fsync still
+  waits for the store);
 * old-or-new: the stored object is replaced only by a complete publication; an ``O_TRUNC``
   open with nothing written after it (dd's and the shell's early close of a duplicated
   descriptor) is not published by a flush, only by fsync, an explicit truncate, or the
@@ -37,7 +40,9 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..storage import ExactPath, Upload, new_upload_id, pwrite_all
+import trio
+
+from ..storage import Entry, ExactPath, Upload, new_upload_id, pwrite_all
 from .base import VfsBase
 from .journal import Journal, list_recovered, recovered_path
 from .nodes import Handle, Node, StoreMount, _with
@@ -61,8 +66,12 @@ class WriteState(enum.Enum):
     #: Being published (under the lock: nobody else sees this state but status).
     PUBLISHING = "publishing"
     #: A close or fsync asked for publication and it failed: retried at release, unmount and
-    #: the next mount (journaled).
+    #: the next mount (journaled); with write-back, by the background upload with back-off.
     SEALED = "sealed"
+    #: Write-back: a close acknowledged this content once the staging file and its journal
+    #: record were fsynced; a background upload publishes it (fsync, rename, reopen and unmount
+    #: publish it at once).
+    QUEUED = "queued"
     #: Published by finishing a stream: the staging file holds only the start; the next use
     #: refills it from the store.
     STALE = "stale"
@@ -82,41 +91,72 @@ TRANSITIONS: dict[tuple[WriteState, str], WriteState] = {
     # writes: O_TRUNC at open keeps the old object until real content comes
     **{(s, "open_trunc"): S.TRUNCATED for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED, S.STALE,
                                                  S.FAILED)},
-    **{(s, "write"): S.DIRTY for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.SEALED)},
+    **{(s, "write"): S.DIRTY for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.SEALED, S.QUEUED)},
     (S.STREAMING, "write"): S.STREAMING,
     (S.DETACHED, "write"): S.DETACHED,
     (S.DIRTY, "stream"): S.STREAMING,
-    **{(s, "truncate"): S.DIRTY for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.SEALED)},
+    **{(s, "truncate"): S.DIRTY for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.SEALED, S.QUEUED)},
     (S.DETACHED, "truncate"): S.DETACHED,
     # making the staging file whole again before a read, a truncate or a non-append write
     (S.STREAMING, "read_back"): S.DIRTY,
     (S.STALE, "refill"): S.CLEAN,
+    # write-back: acknowledged once durable in the workbench, uploaded in the background
+    **{(s, "queue"): S.QUEUED for s in (S.TRUNCATED, S.DIRTY, S.SEALED)},
     # publication
-    **{(s, "publish"): S.PUBLISHING for s in (S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED)},
+    **{(s, "publish"): S.PUBLISHING for s in (S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED, S.QUEUED)},
     (S.PUBLISHING, "published"): S.CLEAN,
     (S.PUBLISHING, "published_stream"): S.STALE,
     (S.PUBLISHING, "publish_failed"): S.SEALED,
     # losing data the writer was told was written
-    **{(s, "write_failed"): S.FAILED for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED, S.STALE,
-                                                S.PUBLISHING, S.FAILED)},
+    **{(s, "write_failed"): S.FAILED for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED, S.QUEUED,
+                                                S.STALE, S.PUBLISHING, S.FAILED)},
     (S.DETACHED, "write_failed"): S.DETACHED,
     # the name goes away
-    **{(s, "unlink"): S.DETACHED for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED, S.STALE,
-                                          S.FAILED, S.DETACHED)},
+    **{(s, "unlink"): S.DETACHED for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED, S.QUEUED,
+                                          S.STALE, S.FAILED, S.DETACHED)},
     # the end: only from states with nothing left to publish
     **{(s, "end"): S.ENDED for s in (S.CLEAN, S.STALE, S.FAILED, S.DETACHED)},
 }
 
 #: States whose content a flush publishes (TRUNCATED waits for fsync or the last release).
 FLUSH_PUBLISHES = (S.DIRTY, S.STREAMING, S.SEALED)
-#: States whose content fsync, the last release, rename and unmount publish.
-PENDING = (S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED)
+#: States whose content fsync, rename and unmount publish (the last release too, but QUEUED).
+PENDING = (S.TRUNCATED, S.DIRTY, S.STREAMING, S.SEALED, S.QUEUED)
+#: Write-back: states a close (flush, or the last release for TRUNCATED) queues rather than
+#: publishing; STREAMING is published at once (its bytes are already going up).
+QUEUEABLE = (S.TRUNCATED, S.DIRTY, S.SEALED)
 #: States whose journal record names data to recover after a crash.
-JOURNALED = (S.TRUNCATED, S.DIRTY, S.STREAMING, S.PUBLISHING, S.SEALED)
+JOURNALED = (S.TRUNCATED, S.DIRTY, S.STREAMING, S.PUBLISHING, S.SEALED, S.QUEUED)
+#: States of a record that say a close asked for the content (recovery publishes it).
+ASKED = (S.SEALED.value, S.PUBLISHING.value, S.QUEUED.value)
 
 
 class StateError(Exception):
     """A transition the table does not allow (a bug; the caller gets EIO)."""
+
+
+#: Write-back: the first retry of a failed background upload waits this long, doubling up to
+#: WRITE_BACK_MAX_DELAY.
+WRITE_BACK_FIRST_DELAY = 1.0
+WRITE_BACK_MAX_DELAY = 60.0
+#: How often the drain at unmount logs what is left.
+DRAIN_REPORT_SECONDS = 5.0
+
+
+class WriteBack:
+    """The background uploads of write-back mode: one task per queued file, at most
+    ``transfers`` uploading at once (trio's semaphore is fair: first queued, first sent)."""
+
+    def __init__(self, transfers: int) -> None:
+        self.transfers = trio.Semaphore(max(1, transfers))
+        #: Files with a background upload task (queued, uploading, or waiting to retry).
+        self.files: dict[int, RemoteFile] = {}
+        #: Set at unmount: waiting tasks retry at once; a failure then leaves the rest journaled.
+        self.draining = False
+        self.drain_started = trio.Event()
+        self.gave_up = False
+        self.uploaded = 0
+        self.failures = 0
 
 
 @dataclass(eq=False)
@@ -150,6 +190,8 @@ class RemoteFile:
     unnamed: bool = False
     #: A journal record exists.
     journaled: bool = False
+    #: The state the journal record on disk says (None: no record).
+    record_state: WriteState | None = None
     #: The publication in flight writes segments (a large object).
     segmented: bool = False
 
@@ -224,6 +266,14 @@ def _segment_threshold(storage: Any) -> float:
     return min(known) if known else float("inf")
 
 
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _md5_file(path: str) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
@@ -245,6 +295,10 @@ class WritesMixin(VfsBase):
         workbench = self._workbench()
         return Journal(os.path.join(workbench, "journal")) if workbench else None
 
+    @functools.cached_property
+    def write_back(self) -> WriteBack:
+        return WriteBack(self.options.transfers)
+
     @property
     def recovered_dir(self) -> str | None:
         workbench = self._workbench()
@@ -259,7 +313,7 @@ class WritesMixin(VfsBase):
         wait for the data: ~3 ms per file of `cp -r`)."""
         if rf.state not in JOURNALED:
             return False
-        if rf.unnamed or rf.state in (S.STREAMING, S.SEALED):
+        if rf.unnamed or rf.state in (S.STREAMING, S.SEALED, S.QUEUED):
             return True
         # Publishing: segments will be written, or a retry of sealed data (its record stays).
         return rf.state is S.PUBLISHING and (rf.segmented or rf.journaled)
@@ -273,19 +327,35 @@ class WritesMixin(VfsBase):
             if rf.journaled:
                 journal.remove(rf.journal_id)
                 rf.journaled = False
+                rf.record_state = None
             return
+        if rf.record_state is S.QUEUED and rf.state is S.QUEUED:
+            return  # written durably by _queue
+        if (rf.state is S.PUBLISHING and not rf.segmented and rf.record_state is not None
+                and rf.record_state.value in ASKED):
+            return  # the record already says a close asked for it: recovery acts the same
+        try:
+            self._write_record(journal, rf, rf.state, durable=False)
+        except OSError as exc:
+            log.error("cannot journal %s in %s: %s", "/".join(rf.node.path), journal.directory, exc)
+
+    @staticmethod
+    def _write_record(journal: Journal, rf: RemoteFile, state: WriteState, durable: bool) -> None:
+        """Write rf's journal record saying state; durable: the staging file's bytes and name and
+        the record are fsynced first (they then survive a power loss, not only a killed daemon)."""
         store = rf.node.stored_in
         upload = rf.upload
-        record = {"store": store.name, "path": list(rf.node.path), "staging": rf.staging, "state": rf.state.value,
+        record = {"store": store.name, "path": list(rf.node.path), "staging": rf.staging, "state": state.value,
                   "base_etag": rf.base_etag, "absent": rf.absent, "mtime_ns": rf.pending_mtime,
                   "upload_id": rf.upload_id, "streamed": upload is not None and upload.started,
                   "bytes": rf.upload_end if upload is not None and upload.started else None,
                   "time": time.time()}
-        try:
-            journal.write(rf.journal_id, record)
-            rf.journaled = True
-        except OSError as exc:
-            log.error("cannot journal %s in %s: %s", "/".join(rf.node.path), journal.directory, exc)
+        if durable:
+            os.fdatasync(rf.fd)
+            _fsync_dir(os.path.dirname(rf.staging))
+        journal.write(rf.journal_id, record, durable=durable)
+        rf.journaled = True
+        rf.record_state = state
 
     def _fire(self, rf: RemoteFile, event: str) -> WriteState:
         before = rf.state
@@ -373,6 +443,16 @@ class WritesMixin(VfsBase):
             rf = node.remote
             if rf is not None and rf.state is S.FAILED and not truncate:
                 raise rf.error or OSError(errno.EIO, "an earlier write to this file failed")
+            if rf is not None and rf.state is S.QUEUED:
+                # A close acknowledged that content: it is stored before anything replaces it.
+                try:
+                    await self._publish(rf)
+                except Exception as exc:
+                    log.warning("%s: reopened for writing; its queued upload failed first: %s",
+                                "/".join(node.path), exc)
+                if rf.state in (S.CLEAN,) and not rf.readers and node.writers <= 0:
+                    await self._end(rf)
+                    rf = node.remote
             if rf is None:
                 rf = await self._stage(node, truncate)
             elif truncate:
@@ -470,6 +550,12 @@ class WritesMixin(VfsBase):
             # Writing ended: a reader's own descriptor holds what was published.
             if rf.state is not S.ENDED or rf.error is not None or handle.fd is None:
                 raise OSError(errno.EIO, "the file this handle read was not published")
+            return await self._pread(handle.fd, node, size, offset)
+        if (rf.state in (S.QUEUED, S.PUBLISHING, S.SEALED) and (rf.upload is None or not rf.upload.started)
+                and handle.fd is not None):
+            # Closed content waiting for (or in) its upload: the staging file does not change
+            # until a writer takes the lock, so no read waits for an upload in flight.  The
+            # handle's own descriptor (a reader's dup) stays valid whatever ends meanwhile.
             return await self._pread(handle.fd, node, size, offset)
         async with node.lock:
             if rf.state is S.FAILED:
@@ -588,6 +674,12 @@ class WritesMixin(VfsBase):
             if rf.state is not S.DETACHED:
                 self._fire(rf, "truncate")
             node.entry = _with(node.entry, size=size, mtime_ns=time.time_ns())
+            if node.writers <= 0 and rf.state in QUEUEABLE:
+                # No writer left to close it (a queued or sealed file truncated by path).
+                if self.options.writeback:
+                    await self._queue(rf)
+                else:
+                    await self._publish(rf)
 
     # ------------------------------------------------------------------ publication
 
@@ -658,6 +750,103 @@ class WritesMixin(VfsBase):
         elif not store.local:
             self.overlay.setdefault((store.name, node.path.parent), {})[node.path[-1]] = (node.entry, time.monotonic())
 
+    # ------------------------------------------------------------------ write-back
+
+    async def _queue(self, rf: RemoteFile) -> None:
+        """(lock held) Write-back close: the content is made durable in the workbench (staging
+        file and journal record fsynced), then uploaded in the background.  Without a workbench
+        journal nothing can be made durable here, so it is published at once."""
+        journal = self.journal
+        if journal is None:
+            await self._publish(rf)
+            return
+        try:
+            await trio.to_thread.run_sync(self._write_record, journal, rf, S.QUEUED, True)
+        except OSError as exc:
+            log.error("%s: cannot make the content durable in the workbench: %s", "/".join(rf.node.path), exc)
+            code = exc.errno if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
+            raise OSError(code, f"workbench journal: {exc.strerror or exc}") from exc
+        self._fire(rf, "queue")
+        self._start_write_back(rf)
+
+    def _start_write_back(self, rf: RemoteFile) -> None:
+        """One background upload task per queued file (none twice)."""
+        wb = self.write_back
+        key = id(rf)
+        if key in wb.files:
+            return
+        nursery = self.nursery
+        if nursery is None:  # no background here (a test's Vfs): shutdown publishes it
+            return
+        wb.files[key] = rf
+        nursery.start_soon(self._write_back_task, rf)
+
+    async def _write_back_task(self, rf: RemoteFile) -> None:
+        """Upload a queued file; a failure is retried with back-off (doubling from 1 s to 60 s)
+        and the content stays journaled; at unmount one more try, then the next mount's."""
+        wb = self.write_back
+        node = rf.node
+        delay = WRITE_BACK_FIRST_DELAY
+        where = "/".join(node.path)
+        try:
+            while True:
+                error: Exception | None = None
+                async with wb.transfers:
+                    if wb.gave_up:
+                        return
+                    async with node.lock:
+                        if node.remote is not rf or rf.state not in (S.QUEUED, S.SEALED):
+                            return  # written again, unlinked, published by fsync/rename/reopen
+                        try:
+                            await self._publish(rf)
+                        except Exception as exc:
+                            error = exc
+                        else:
+                            wb.uploaded += 1
+                            if node.writers <= 0 and rf.state in (S.CLEAN, S.STALE, S.FAILED, S.DETACHED):
+                                await self._end(rf)
+                            return
+                wb.failures += 1
+                if wb.draining:
+                    wb.gave_up = True
+                    log.error("write-back of %s failed while stopping (%s): it stays in the journal and is "
+                              "uploaded at the next mount", where, error)
+                    return
+                log.warning("write-back of %s failed (%s): kept, retried in %.0f s", where, error, delay)
+                with trio.move_on_after(delay):
+                    await wb.drain_started.wait()
+                delay = min(delay * 2, WRITE_BACK_MAX_DELAY)
+        finally:
+            wb.files.pop(id(rf), None)
+            self._maybe_free(node)
+
+    def _unpublished_children(self, store: StoreMount, path: ExactPath) -> list[tuple[str, Entry]]:
+        """Files in the directory store/path that write-back has acknowledged and not uploaded
+        yet: listings show them although the store does not hold them yet."""
+        out = []
+        for rf in self.write_back.files.values():
+            node = rf.node
+            if node.store is store and node.path.parent == path and node.path and not node.unlinked:
+                out.append((node.path[-1], node.entry))
+        return out
+
+    async def _drain_write_back(self) -> None:
+        """Unmount: wait for the background uploads, logging what is left every few seconds."""
+        wb = self.write_back
+        wb.draining = True
+        wb.drain_started.set()
+        if not wb.files:
+            return
+        log.info("write-back: %d file(s) still to upload before stopping", len(wb.files))
+        last = time.monotonic()
+        while wb.files:
+            await trio.sleep(0.05)
+            if time.monotonic() - last >= DRAIN_REPORT_SECONDS and wb.files:
+                last = time.monotonic()
+                left = sum(rf.size() for rf in wb.files.values() if rf.state is not S.ENDED)
+                log.info("write-back: %d file(s), %d bytes still to upload (%d uploaded)",
+                         len(wb.files), left, wb.uploaded)
+
     async def publish_pending(self, node: Node) -> None:
         """Publish whatever a remote node has pending (before a rename)."""
         rf = node.remote
@@ -681,7 +870,10 @@ class WritesMixin(VfsBase):
             if rf.state is S.FAILED:
                 raise rf.failure()
             if rf.state in FLUSH_PUBLISHES:
-                await self._publish(rf)
+                if self.options.writeback and rf.state in QUEUEABLE:
+                    await self._queue(rf)
+                else:
+                    await self._publish(rf)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         """fsync(2): local: the file's fsync; remote: publish now (a pending truncation too)."""
@@ -717,7 +909,13 @@ class WritesMixin(VfsBase):
             if rf is not None and handle.writable and node.remote is rf and node.writers <= 0:
                 async with node.lock:
                     if node.remote is rf and node.writers <= 0:
-                        if rf.state in PENDING:
+                        if self.options.writeback and rf.state in QUEUEABLE:
+                            try:
+                                await self._queue(rf)
+                            except Exception as exc:
+                                log.error("%s: not queued at release; data kept in %s: %s",
+                                          "/".join(node.path), rf.staging, exc)
+                        elif rf.state in PENDING and rf.state is not S.QUEUED:
                             try:
                                 await self._publish(rf)
                             except Exception as exc:
@@ -787,11 +985,18 @@ class WritesMixin(VfsBase):
             await self._end(rf)
 
     def _set_pending_mtime(self, node: Node, mtime_ns: int) -> bool:
-        """utimens on a file with unpublished content: sent with the data.  False: published."""
+        """(lock held when node.remote) utimens on a file with unpublished content: sent with the
+        data (a queued file's durable record says it too).  False: published."""
         rf = node.remote
         if rf is None or rf.state not in PENDING + (S.DETACHED,):
             return False
         rf.pending_mtime = mtime_ns
+        journal = self.journal
+        if rf.state is S.QUEUED and journal is not None:
+            try:
+                self._write_record(journal, rf, S.QUEUED, durable=True)
+            except OSError as exc:
+                log.warning("%s: new mtime not journaled (kept in memory): %s", "/".join(node.path), exc)
         return True
 
     def _pending_mtime(self, node: Node) -> int | None:
@@ -837,12 +1042,18 @@ class WritesMixin(VfsBase):
     # ------------------------------------------------------------------ unmount and recovery
 
     async def shutdown(self) -> None:
-        """Publish everything still pending (unmount): nothing accepted is dropped."""
+        """Publish everything still pending (unmount): nothing accepted is dropped.  Write-back
+        uploads drain first; if one fails while stopping, what is left stays journaled for the
+        next mount rather than being tried file by file."""
+        await self._drain_write_back()
+        gave_up = self.write_back.gave_up
         for node in list(self.nodes.values()):
             rf = node.remote
             if rf is None:
                 continue
             async with node.lock:
+                if gave_up and rf.state in (S.QUEUED, S.SEALED):
+                    continue
                 if rf.state in PENDING:
                     try:
                         await self._publish(rf)
@@ -934,7 +1145,7 @@ class WritesMixin(VfsBase):
         upload_id = record.get("upload_id")
         where = f"{store.name}:{'/'.join(path)}"
         have_data = bool(staging) and os.path.exists(staging)
-        asked = state in (S.SEALED.value, S.PUBLISHING.value)
+        asked = state in ASKED
         streamed = bool(record.get("streamed"))
         complete = not streamed
         slo_etag: str | None = None
@@ -1016,4 +1227,5 @@ class WritesMixin(VfsBase):
         log.error("recovery: staged data of %s/%s kept in %s: %s", store, "/".join(path), target, reason)
 
 
-__all__ = ["FLUSH_PUBLISHES", "PENDING", "TRANSITIONS", "RemoteFile", "WriteState", "WritesMixin"]
+__all__ = ["FLUSH_PUBLISHES", "PENDING", "QUEUEABLE", "TRANSITIONS", "RemoteFile", "WriteBack", "WriteState",
+           "WritesMixin"]
