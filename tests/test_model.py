@@ -78,6 +78,10 @@ NAMES = ("a.txt", "b.txt", "c.txt")
 SEGMENT_SIZE = 65536
 #: A vfs call taking longer than this is a hang (store calls give up after op_timeout, 20 s here).
 HANG_SECONDS = 45.0
+#: Write-back: the longest a settle step waits for the background uploads to finish.
+SETTLE_SECONDS = 30.0
+#: Write-back: background uploads at once (Options.transfers).
+TRANSFERS = 2
 OP_TIMEOUT = 20.0
 #: Bytes written are slices of this (distinct enough that a shifted or stale slice shows).
 PATTERN = random.Random(20261201).randbytes(1 << 18)
@@ -156,6 +160,12 @@ class MFile:
     #: An operation on it failed since its last publication (faults): the vfs keeps the data
     #: staged for a retry at the next flush/fsync of a writer or at unmount.
     failed: bool = False
+    #: Write-back: a close acknowledged the current content and nothing changed it since: once
+    #: the background uploads have settled the store must hold exactly this content.
+    owed: bool = False
+    #: Write-back: contents a background upload may still put into the store (queued by a
+    #: close and not overtaken by a write, a publication or a settle).
+    pending: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -189,6 +199,9 @@ class Model:
     narrow: set[str] = field(default_factory=set)
     #: Faults may be pending: release swallows a failed upload, so it publishes nothing for sure.
     faults: bool = False
+    #: Write-back mode: a close queues the content (durable in the workbench), a background
+    #: task uploads it later; fsync still publishes at once.
+    writeback: bool = False
     next_fid: int = 0
     next_hid: int = 0
 
@@ -216,6 +229,9 @@ class Model:
             f.dirty = False
             f.trunc = None
             f.failed = False
+            # Published now: nothing is left for a background upload (it finds the file clean).
+            f.owed = False
+            f.pending = []
         if f.name is None:
             return
         if mandatory:
@@ -224,9 +240,41 @@ class Model:
         else:
             self.store[f.name] = _dedupe(self.store[f.name] + list(f.contents))
 
+    def close_publish(self, f: MFile, mandatory: bool) -> None:
+        """What a close (flush, last release, truncate with no writer) does: durable mode
+        publishes; write-back queues (mandatory: the content is owed)."""
+        if self.writeback and not self.local:
+            self.queue(f, owed=mandatory)
+        else:
+            self.publish(f, mandatory)
+
+    def queue(self, f: MFile, owed: bool) -> None:
+        """Write-back: the content is acknowledged and may reach the store at any moment from
+        now on (old or new, not narrowed); owed: it must be there once uploads settle."""
+        if owed:
+            f.dirty = False
+            f.trunc = None
+            f.failed = False
+            f.owed = True
+        if f.name is None:
+            return
+        f.pending = _dedupe(f.pending + list(f.contents))
+        self.store[f.name] = _dedupe(self.store[f.name] + list(f.contents))
+
+    def settled(self) -> None:
+        """Write-back: no background upload is left: every owed file is stored as it is now."""
+        for f in self.files.values():
+            if f.owed:
+                self.publish(f, mandatory=True)
+            f.pending = []
+
     def changed(self, f: MFile) -> None:
         f.dirty = True
         f.trunc = None
+        # Whatever was queued is overtaken: the upload task (which takes the file's lock, as
+        # every write does) either ran before this change or finds the file dirty and stops.
+        f.owed = False
+        f.pending = []
         if f.name is not None:
             self.narrow.discard(f.name)
 
@@ -281,20 +329,21 @@ class Model:
             # nothing is open, at the latest at the last release otherwise.  (Only with faults
             # can a closed file still be dirty: its upload failed at release and waits for a
             # retry; the truncation joins it.)
-            self.publish(f, mandatory=self.opened(f) == 0 and not pending)
+            self.close_publish(f, mandatory=self.opened(f) == 0 and not pending)
 
     def flush(self, h: MHandle) -> None:
         f = self.files[h.fid]
         if not f.dirty:
             return
         if h.writable and f.trunc is None:
-            self.publish(f, mandatory=True)
+            self.close_publish(f, mandatory=True)
         elif f.trunc != TRUNC_ONLY:
-            self.publish(f, mandatory=False)
+            self.close_publish(f, mandatory=False)
 
     def fsync(self, h: MHandle) -> None:
         f = self.files[h.fid]
-        if f.dirty:
+        if f.dirty or f.owed:
+            # Write-back too: fsync publishes a queued file at once.
             self.publish(f, mandatory=h.writable)
 
     def release(self, h: MHandle) -> None:
@@ -304,9 +353,9 @@ class Model:
         if f.dirty:
             if last:
                 # A reader's release is no retry point for an upload that failed earlier.
-                self.publish(f, mandatory=not self.faults and (h.writable or not f.failed))
+                self.close_publish(f, mandatory=not self.faults and (h.writable or not f.failed))
             elif f.trunc != TRUNC_ONLY:
-                self.publish(f, mandatory=False)
+                self.close_publish(f, mandatory=False)
         self._maybe_drop(f)
 
     def _maybe_drop(self, f: MFile) -> None:
@@ -370,6 +419,8 @@ class Model:
                     continue
                 f.contents = _dedupe(f.contents + g.contents)
                 f.dirty = f.dirty or g.dirty
+                f.owed = f.owed and g.owed
+                f.pending = _dedupe(f.pending + g.pending)
                 if f.trunc != g.trunc:
                     f.trunc = TRUNC_MAYBE
             for name in NAMES:
@@ -394,6 +445,13 @@ class Context:
     nursery: trio.Nursery | None = None
     cache: ReadCache | None = None
     proxy: Any = None
+    #: The Vfs runs in write-back mode (Options.writeback; its uploads run in ``nursery``).
+    writeback: bool = False
+    #: Write-back: a FaultProxy in front of Swift used only to slow requests down (no faults).
+    slow_proxy: Any = None
+    #: Write-back: settle steps, and how many files the longest one waited for.
+    settles: int = 0
+    settle_waited_max: int = 0
     examples: int = 0
     steps: int = 0
     failures_injected: int = 0
@@ -449,6 +507,9 @@ class VfsMachine(RuleBasedStateMachine):
         ctx.examples += 1
         self.model = Model(local=ctx.kind == "local")
         self.model.faults = ctx.proxy is not None
+        self.model.writeback = ctx.writeback
+        #: Write-back: the test holds every place of the uploads' semaphore (none can start).
+        self.holding = False
         self.broken = False
         self.lookups: dict[int, int] = {}
         #: Names the model no longer follows (after a failed, half-done Swift rename).
@@ -459,9 +520,10 @@ class VfsMachine(RuleBasedStateMachine):
         self.touched: set[str] = set(NAMES)
         self.dirname = f"m{uuid.uuid4().hex[:10]}"
         options = Options(staging_dir=str(ctx.workdir / "staging"), workbench_dir=str(ctx.workdir),
-                          op_timeout=OP_TIMEOUT)
+                          op_timeout=OP_TIMEOUT, writeback=ctx.writeback, transfers=TRANSFERS)
         os.makedirs(options.staging_dir, exist_ok=True)
         self.vfs = Vfs([StoreMount("public", ctx.storage, options)], options, cache=ctx.cache)
+        # The test's nursery: write-back's uploads run there, concurrently with the steps.
         self.vfs.nursery = ctx.nursery
         self.dir_ino = self.call(self._setup_dir)
 
@@ -1042,6 +1104,82 @@ class VfsMachine(RuleBasedStateMachine):
             return functools.partial(vfs.fsync, h.fh, False), apply
         return functools.partial(self._close, h.fh), apply
 
+    # -- write-back
+
+    def owes(self) -> bool:
+        return self.holding or any(f.owed or f.pending for f in self.model.files.values())
+
+    @precondition(lambda self: self.ctx.writeback)
+    @rule(action=st.sampled_from(["settle", "settle", "hold", "let_go", "slow"]),
+          method=st.sampled_from(["PUT", "PUT", "COPY", "DELETE", None]), times=st.integers(1, 3),
+          delay=st.sampled_from([0.05, 0.2, 0.5]))
+    def uploads(self, action: str, method: str | None, times: int, delay: float) -> None:
+        """Write-back's background: settle, hold the uploads, let them go, slow Swift down."""
+        if action == "settle":
+            if self.owes():
+                self.settle()
+        elif action == "hold":
+            if not self.holding:
+                self.hold_uploads()
+        elif action == "let_go":
+            if self.holding:
+                self.let_uploads_go()
+        elif self.ctx.slow_proxy is not None:
+            self.slow_swift(method, times, delay)
+
+    def settle(self) -> None:
+        """Wait (bounded) until write-back has no upload left: then every file a close
+        acknowledged, and nothing changed since, is in the store exactly as the mount shows it
+        (checked by the store invariant right after this step)."""
+        with self.step():
+            self.let_go()
+            waited = self.call(self._settle)
+            self.ctx.settles += 1
+            self.ctx.settle_waited_max = max(self.ctx.settle_waited_max, waited)
+            self.model.settled()
+            self.touch(*NAMES)
+
+    def hold_uploads(self) -> None:
+        """Take every place of write-back's transfers semaphore (after the uploads in flight):
+        queued files stay queued across the next steps (fsync, rename, reopen, unlink, writes
+        meet them) until let_uploads_go or settle."""
+        with self.step():
+            self.call(self._hold)
+            self.holding = True
+
+    async def _hold(self) -> None:
+        for _ in range(TRANSFERS):
+            await self.vfs.write_back.transfers.acquire()
+
+    def let_uploads_go(self) -> None:
+        with self.step():
+            self.let_go()
+
+    def let_go(self) -> None:
+        if self.holding:
+            for _ in range(TRANSFERS):
+                self.call_sync(self.vfs.write_back.transfers.release)
+            self.holding = False
+
+    def slow_swift(self, method: str | None, times: int, delay: float) -> None:
+        """The next `times` requests (of this example's directory) wait `delay` s before Swift
+        sees them: an upload stays in flight across the next steps."""
+        with self.step():
+            self.ctx.slow_proxy.add_rule(method=method, path=re.escape(self.dirname), action="delay",
+                                         delay=delay, times=times)
+
+    async def _settle(self) -> int:
+        """Until ``vfs.write_back.files`` is empty (at most SETTLE_SECONDS); how many files it
+        held at the start."""
+        files = self.vfs.write_back.files
+        waiting = len(files)
+        with trio.move_on_after(SETTLE_SECONDS):
+            while files:
+                await trio.sleep(0.01)
+            return waiting
+        left = ["/".join(rf.node.path) + f" ({rf.state.value})" for rf in files.values()]
+        raise AssertionError(f"write-back still holds {left} after {SETTLE_SECONDS} s")
+
     # -- faults
 
     @precondition(lambda self: self.ctx.proxy is not None)
@@ -1098,6 +1236,9 @@ class VfsMachine(RuleBasedStateMachine):
                 # A failed upload keeps its data staged for a retry (a later flush, a rename,
                 # the unmount): the store may still move on to it without a step saying so.
                 model.store[name] = _dedupe([got, *f.contents])
+            if f is not None and f.pending:
+                # Write-back: a queued upload may land at any moment after this read.
+                model.store[name] = _dedupe([got, *model.store[name], *f.pending])
             if name in model.narrow and f is not None:
                 assert model.saw(f, lambda c, got=got: c == got), (
                     f"Swift: {name} was just published as {_short(got)} but the mount shows "
@@ -1113,6 +1254,7 @@ class VfsMachine(RuleBasedStateMachine):
             if self.ctx.proxy is not None:
                 self.ctx.proxy.clear()
                 self.model.faults = False
+            self.let_go()
             # Close everything: then the store holds every file's content.
             for h in list(self.model.handles.values()):
                 self.close_handle(h)
@@ -1142,6 +1284,10 @@ class VfsMachine(RuleBasedStateMachine):
                     self.call(self.vfs.release, h.fh)
             if self.ctx.proxy is not None:
                 self.ctx.proxy.clear()
+            if self.ctx.slow_proxy is not None:
+                self.ctx.slow_proxy.clear()
+            with contextlib.suppress(Exception):
+                self.let_go()
 
 
 def _machine(ctx: Context) -> type[VfsMachine]:
@@ -1167,11 +1313,14 @@ async def run_model(ctx: Context, config: settings, record: Callable[[str, objec
             record("examples", ctx.examples)
             record("steps", ctx.steps)
             record("seconds", round(elapsed, 1))
-            print(f"\n[{ctx.kind}] {ctx.examples} examples, {ctx.steps} steps, {elapsed:.1f} s "
+            label = ctx.kind + ("+writeback" if ctx.writeback else "")
+            print(f"\n[{label}] {ctx.examples} examples, {ctx.steps} steps, {elapsed:.1f} s "
                   f"(vfs {ctx.vfs_time:.1f} s, store reads {ctx.store_time:.1f} s)"
                   + (f", {ctx.failures_injected} faults injected, {ctx.errors_seen} operations failed "
                      f"({dict(ctx.errors)})"
                      if ctx.proxy is not None else "")
+                  + (f", {ctx.settles} settles (waited for at most {ctx.settle_waited_max} files)"
+                     if ctx.writeback else "")
                   + "\n  steps by rule: " + ", ".join(f"{k} {v}" for k, v in ctx.rules.most_common()))
             nursery.cancel_scope.cancel()
 
@@ -1262,6 +1411,24 @@ async def test_model_swift_with_faults(tmp_path: Path, swift_env: dict[str, Any]
     ctx.proxy = fault_swift.proxy
     try:
         await run_model(ctx, _settings(35, 30), record_property)
+    finally:
+        fault_swift.proxy.clear()
+        drop_container(swift_env, container)
+
+
+async def test_model_swift_writeback(tmp_path: Path, swift_env: dict[str, Any], fault_swift: Any,
+                                     record_property: Callable[[str, object], None]) -> None:
+    """The machine on the real Swift in write-back mode (Options.writeback): its uploads run in
+    the background, concurrently with the steps.  Through the mount nothing changes; a close
+    leaves the store old-or-new, and once a settle step has waited for the uploads, the store
+    holds exactly what every acknowledged (and since unchanged) file holds; fsync publishes at
+    once; unlink leaves nothing; the store never holds a partial or mixed content."""
+    container = f"gfs-{uuid.uuid4().hex[:12]}"
+    ctx = _swift_context(tmp_path, swift_env, container, via=fault_swift.env)
+    ctx.writeback = True
+    ctx.slow_proxy = fault_swift.proxy
+    try:
+        await run_model(ctx, _settings(25, 30), record_property)
     finally:
         fault_swift.proxy.clear()
         drop_container(swift_env, container)
