@@ -339,7 +339,7 @@ async def test_readers_at_the_head_are_answered_from_memory(tmp_path: Path, monk
     data = os.urandom(12 * MIB + 4321)
     store = local_remote(tmp_path, {"big.bin": data})
     store.__class__ = PacedRemoteStorage
-    real_pread = os.pread
+    real_pread, real_preadv = os.pread, os.preadv
     part_reads: list[int] = []
 
     def counting_pread(fd: int, length: int, offset: int) -> bytes:
@@ -347,9 +347,15 @@ async def test_readers_at_the_head_are_answered_from_memory(tmp_path: Path, monk
             part_reads.append(offset)
         return real_pread(fd, length, offset)
 
+    def counting_preadv(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".part-x"):
+            part_reads.append(offset)
+        return real_preadv(fd, buffers, offset, flags)
+
     async with running_vfs(store, tmp_path, tmp_path / "cache") as vfs:
         assert vfs.cache is not None
         monkeypatch.setattr(reads.os, "pread", counting_pread)
+        monkeypatch.setattr(reads.os, "preadv", counting_preadv)
         node, fh = await open_file(vfs, "big.bin")
         download = vfs.handle(fh).download
         assert download is not None

@@ -720,13 +720,32 @@ class ReadsMixin(VfsBase):
             if recent is not None:
                 return recent
         if download.holds(end):
-            _part, fd = download.part_file()
-            data = os.pread(fd, end - offset, offset)
+            data = await self._part_read(download, offset, end - offset)
             if len(data) == end - offset:
                 return data
             log.error("part file of %s gave %d bytes at %d instead of %d", "/".join(download.node.path),
                       len(data), offset, end - offset)
         return await download.ranges.read(offset, end - offset)
+
+    async def _part_read(self, download: Download, offset: int, length: int) -> bytes | memoryview:
+        """Bytes of the part file: in line when the page cache has them all; else (its chunks
+        are written around the page cache: a reader that fell out of the window waits for the
+        disk) in a thread, through a descriptor of its own that a DEGRADED or CLOSED download
+        cannot close under it."""
+        _part, fd = download.part_file()
+        buf = bytearray(length)
+        try:
+            got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+        except OSError:  # EAGAIN: not all in the page cache
+            got = -1
+        if got == length:
+            return memoryview(buf)
+        own = os.dup(fd)
+        try:
+            return await trio.to_thread.run_sync(os.pread, own, length, offset,
+                                                 limiter=download.node.stored_in.limiter)
+        finally:
+            os.close(own)
 
     async def _pread(self, fd: int, node: Node, size: int, offset: int) -> bytes | memoryview:
         """Read from a local file: in line when the page cache has it all, else in a thread, so
