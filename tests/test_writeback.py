@@ -26,6 +26,7 @@ import pytest
 import swiftclient
 
 from goblinfs.storage.swift.listing import MTIME_PARAM, format_mtime
+from goblinfs.vfs.writes import XATTR_RECORD
 
 from .conftest import drop_container
 from .mountutil import Mounted, Remounted, mount_ids, wait_until, write_swift_config
@@ -121,8 +122,17 @@ class Rig:
         return problems
 
     def journal_records(self) -> list[Path]:
+        """Journal record files, and staging files carrying their own queued record (xattr)."""
         journal = self.cache_dir / "journal"
-        return sorted(journal.glob("*.json")) if journal.is_dir() else []
+        staging = self.cache_dir / "staging"
+        records = sorted(journal.glob("*.json")) if journal.is_dir() else []
+        for path in sorted(staging.iterdir()) if staging.is_dir() else []:
+            try:
+                os.getxattr(path, XATTR_RECORD)
+            except OSError:
+                continue
+            records.append(path)
+        return records
 
     def recovered(self) -> list[Path]:
         top = self.cache_dir / "recovered"
@@ -223,7 +233,7 @@ def test_kill_9_during_write_back_loses_no_acknowledged_file(rig: Any, tmp_path:
     assert wait_until(lambda: wanted <= r.stored(), 240, interval=1.0), (
         f"{len(wanted - r.stored())} acknowledged files not in Swift 240 s after the remount:\n{second.log()[-3000:]}")
     assert r.check_bytes({f"tree/{rel}": data for rel, data in expected.items()}) == []
-    assert wait_until(lambda: not r.journal_records(), 30), [p.read_text() for p in r.journal_records()[:3]]
+    assert wait_until(lambda: not r.journal_records(), 30), r.journal_records()[:3]
     set_aside = [p for p in r.recovered() if not p.name.endswith(".why")]
     if when == "after_cp":
         assert set_aside == [], set_aside
@@ -355,3 +365,15 @@ def test_stop_with_swift_refusing_leaves_the_journal_for_the_next_mount(rig: Any
     assert wait_until(lambda: not r.journal_records(), 10)
     second.stop()
     second.check_log()
+
+
+def test_writeback_options_parse_and_bad_values_are_one_clear_error() -> None:
+    from goblinfs.mount import MountFailed, parse_options
+
+    opts = parse_options(["writeback", "transfers=3"])
+    assert opts.vfs.writeback is True and opts.vfs.transfers == 3
+    assert parse_options([]).vfs.writeback is False
+    for bad, says in (("transfers=0", "from 1 to 64"), ("transfers=65", "from 1 to 64"),
+                      ("transfers=x", "bad value"), ("writeback=yes", "unknown mount option")):
+        with pytest.raises(MountFailed, match=says):
+            parse_options([bad])

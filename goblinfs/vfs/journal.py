@@ -60,6 +60,8 @@ class Journal:
                 os.close(fd)
 
     def remove(self, record_id: str) -> None:
+        if not record_id:  # a record kept elsewhere (a staging file's own)
+            return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(record_id))
 

@@ -192,6 +192,8 @@ class RemoteFile:
     journaled: bool = False
     #: The state the journal record on disk says (None: no record).
     record_state: WriteState | None = None
+    #: The staging file carries its own record (write-back's queued content): XATTR_RECORD.
+    in_xattr: bool = False
     #: The publication in flight writes segments (a large object).
     segmented: bool = False
 
@@ -236,6 +238,10 @@ def _copy_into(source: str, fd: int) -> None:
             offset += copied
 
 
+#: Extended attribute of a staging file holding its queued record (write-back): one fsync of the
+#: staging file then makes the bytes and the record durable together.
+XATTR_RECORD = "user.goblinfs.record"
+
 #: Longest store/path tag put in a staging file's name (the name is at most 255 bytes).
 STAGING_TAG_MAX = 200
 
@@ -257,6 +263,15 @@ def _parse_staging_tag(name: str) -> tuple[str, list[str]] | None:
     if len(parts) < 2 or not all(parts):
         return None
     return parts[0], parts[1:]
+
+
+def _xattr_record(path: str) -> dict[str, Any] | None:
+    """The queued record a staging file carries (XATTR_RECORD), or None."""
+    try:
+        record = json.loads(os.getxattr(path, XATTR_RECORD))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("path") else None
 
 
 def _segment_threshold(storage: Any) -> float:
@@ -313,7 +328,9 @@ class WritesMixin(VfsBase):
         wait for the data: ~3 ms per file of `cp -r`)."""
         if rf.state not in JOURNALED:
             return False
-        if rf.unnamed or rf.state in (S.STREAMING, S.SEALED, S.QUEUED):
+        if rf.state is S.QUEUED or (rf.in_xattr and rf.state in (S.SEALED, S.PUBLISHING) and not rf.segmented):
+            return not rf.in_xattr  # the staging file carries its own record
+        if rf.unnamed or rf.state in (S.STREAMING, S.SEALED):
             return True
         # Publishing: segments will be written, or a retry of sealed data (its record stays).
         return rf.state is S.PUBLISHING and (rf.segmented or rf.journaled)
@@ -323,13 +340,18 @@ class WritesMixin(VfsBase):
         journal = self.journal
         if journal is None:
             return
+        if rf.in_xattr and rf.state not in (S.QUEUED, S.PUBLISHING, S.SEALED):
+            # No longer content a close acknowledged and nobody stored: the staging file must
+            # not say "queued" (published: no need to wait for the disk; a stale mark then only
+            # costs recovery an MD5 check).
+            self._clear_xattr(rf, sync=rf.state is not S.CLEAN)
         if not self._needs_record(rf):
             if rf.journaled:
                 journal.remove(rf.journal_id)
                 rf.journaled = False
                 rf.record_state = None
             return
-        if rf.record_state is S.QUEUED and rf.state is S.QUEUED:
+        if rf.state is S.QUEUED and (rf.in_xattr or rf.record_state is S.QUEUED):
             return  # written durably by _queue
         if (rf.state is S.PUBLISHING and not rf.segmented and rf.record_state is not None
                 and rf.record_state.value in ASKED):
@@ -340,22 +362,48 @@ class WritesMixin(VfsBase):
             log.error("cannot journal %s in %s: %s", "/".join(rf.node.path), journal.directory, exc)
 
     @staticmethod
-    def _write_record(journal: Journal, rf: RemoteFile, state: WriteState, durable: bool) -> None:
-        """Write rf's journal record saying state; durable: the staging file's bytes and name and
-        the record are fsynced first (they then survive a power loss, not only a killed daemon)."""
+    def _record(rf: RemoteFile, state: WriteState) -> dict[str, Any]:
         store = rf.node.stored_in
         upload = rf.upload
-        record = {"store": store.name, "path": list(rf.node.path), "staging": rf.staging, "state": state.value,
-                  "base_etag": rf.base_etag, "absent": rf.absent, "mtime_ns": rf.pending_mtime,
-                  "upload_id": rf.upload_id, "streamed": upload is not None and upload.started,
-                  "bytes": rf.upload_end if upload is not None and upload.started else None,
-                  "time": time.time()}
+        return {"store": store.name, "path": list(rf.node.path), "staging": rf.staging, "state": state.value,
+                "base_etag": rf.base_etag, "absent": rf.absent, "mtime_ns": rf.pending_mtime,
+                "upload_id": rf.upload_id, "streamed": upload is not None and upload.started,
+                "bytes": rf.upload_end if upload is not None and upload.started else None,
+                "time": time.time()}
+
+    def _write_record(self, journal: Journal, rf: RemoteFile, state: WriteState, durable: bool) -> None:
+        """Write rf's record saying state.  durable (write-back's queued content): the record goes
+        into the staging file's own extended attribute and one fsync makes bytes and record
+        durable together (its directory is fsynced for its name); where the workbench has no
+        user xattrs, into a journal file, fsynced with its directory after the staging file."""
+        record = self._record(rf, state)
         if durable:
+            try:
+                os.setxattr(rf.fd, XATTR_RECORD, json.dumps(record).encode())
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG, errno.ERANGE):
+                    raise
+            else:
+                rf.in_xattr = True
+                os.fsync(rf.fd)
+                _fsync_dir(os.path.dirname(rf.staging))
+                return
             os.fdatasync(rf.fd)
             _fsync_dir(os.path.dirname(rf.staging))
         journal.write(rf.journal_id, record, durable=durable)
         rf.journaled = True
         rf.record_state = state
+
+    @staticmethod
+    def _clear_xattr(rf: RemoteFile, sync: bool) -> None:
+        try:
+            os.removexattr(rf.fd, XATTR_RECORD)
+            if sync:
+                os.fsync(rf.fd)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                log.warning("%s: cannot clear the queued mark of %s: %s", "/".join(rf.node.path), rf.staging, exc)
+        rf.in_xattr = False
 
     def _fire(self, rf: RemoteFile, event: str) -> WriteState:
         before = rf.state
@@ -1107,29 +1155,60 @@ class WritesMixin(VfsBase):
                             store.name, len(deleted), grace)
 
     async def _recover_journal(self, journal: Journal) -> None:
+        """Act on every record: journal files, and staging files carrying their own (queued,
+        write-back).  Records of one path are taken oldest first; paths go `transfers` at once
+        (after a kill -9 in write-back there may be a thousand queued files).  Staging files
+        with no record at all are kept aside, never published."""
         known: set[str] = set()
+        by_path: dict[tuple[str, tuple[str, ...]], list[tuple[str, dict[str, Any]]]] = {}
+
+        def add(record_id: str, record: dict[str, Any]) -> None:
+            key = (str(record.get("store")), tuple(str(c) for c in record.get("path") or []))
+            by_path.setdefault(key, []).append((record_id, record))
+
         for record_id, record in list(journal.records()):
             known.add(os.path.abspath(str(record.get("staging", ""))))
-            store = self.stores.get(str(record.get("store")))
-            if store is None:
+            if str(record.get("store")) not in self.stores:
                 log.info("journal record %s is for store %s, not mounted here: left", record_id, record.get("store"))
                 continue
-            try:
-                await self._recover_one(journal, store, record_id, record)
-            except Exception as exc:
-                log.error("recovery of %s/%s failed (journal record %s kept, retried at the next mount): %s",
-                          record.get("store"), "/".join(record.get("path") or []), record_id, exc)
-        # Staging files no record names (an older version, or a crash between mkstemp and the
-        # first record): kept, never published.
+            add(record_id, record)
         staging_dir = self.options.staging_dir
+        live = {os.path.abspath(n.remote.staging) for n in self.nodes.values() if n.remote is not None}
+        unnamed: list[tuple[str, str]] = []
         with contextlib.suppress(OSError):
-            for name in os.listdir(staging_dir):
+            for name in sorted(os.listdir(staging_dir)):
                 full = os.path.abspath(os.path.join(staging_dir, name))
-                if full in known or not name.startswith("staging-"):
+                if full in known or full in live or not name.startswith("staging-"):
                     continue
-                if any(n.remote is not None and os.path.abspath(n.remote.staging) == full
-                       for n in self.nodes.values()):
-                    continue
+                own = _xattr_record(full)
+                if own is None:
+                    unnamed.append((name, full))
+                elif str(own.get("store")) in self.stores:
+                    own["staging"] = full  # its record may predate a rename of the file
+                    add("", own)
+                else:
+                    log.info("staging file %s is for store %s, not mounted here: left", full, own.get("store"))
+        places = trio.Semaphore(max(1, self.options.transfers))
+
+        async def recover_path(items: list[tuple[str, dict[str, Any]]]) -> None:
+            async with places:
+                for record_id, record in sorted(items, key=lambda item: float(item[1].get("time") or 0)):
+                    store = self.stores[str(record.get("store"))]
+                    try:
+                        await self._recover_one(journal, store, record_id, record)
+                    except Exception as exc:
+                        log.error("recovery of %s/%s failed (kept in %s, retried at the next mount): %s",
+                                  record.get("store"), "/".join(record.get("path") or []),
+                                  f"journal record {record_id}" if record_id else record.get("staging"), exc)
+
+        if by_path:
+            async with trio.open_nursery() as nursery:
+                for items in by_path.values():
+                    nursery.start_soon(recover_path, items)
+        # Staging files no record names (an older version, a small file never closed, or a
+        # crash between mkstemp and the first record): kept, never published.
+        for name, full in unnamed:
+            with contextlib.suppress(OSError):
                 if os.path.getsize(full) == 0:
                     os.unlink(full)
                     continue
