@@ -206,6 +206,12 @@ def format_status(doc: dict[str, Any], now: float | None = None, limit: int = LI
         if used is not None and cap:
             text += f" ({100 * used / cap:.0f}%)"
         lines.append(text)
+    wb = doc.get("write_back")
+    if isinstance(wb, dict):
+        lines.append(f"write-back: {_text(wb.get('queued', 0))} file(s) queued "
+                     f"({format_size(_number(wb.get('bytes')))}), {_text(wb.get('uploaded', 0))} uploaded, "
+                     f"{_text(wb.get('failed_attempts', 0))} failed attempt(s), {_text(wb.get('transfers', '?'))} "
+                     f"at once" + (", draining" if wb.get("draining") else ""))
     lines.append("")
 
     _section("pending uploads", _items(doc, "pending_uploads"), lambda item: (

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -329,6 +330,13 @@ def test_failed_upload_is_retried_and_kept(rig: Any) -> None:
     assert wait_until(lambda: mounted.log().count("write-back of kept.dat failed") >= 2, 60), mounted.log()
     assert "kept.dat" not in r.stored()
     assert path.read_bytes() == data  # still readable here
+    status = subprocess.run([sys.executable, "-m", "goblinfs", "status", str(r.mnt)], capture_output=True,
+                            text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    line = next(x for x in status.stdout.splitlines() if x.startswith("write-back:"))
+    assert line.startswith("write-back: 1 file(s) queued"), status.stdout
+    assert int(re.search(r"(\d+) failed attempt", line).group(1)) >= 2, line  # type: ignore[union-attr]
+    assert "kept.dat  queued" in status.stdout or "kept.dat  sealed" in status.stdout, status.stdout
     assert len(r.journal_records()) == 1
     r.fault.proxy.remove_rule(refuse)
     assert wait_until(lambda: "kept.dat" in r.stored(), 90, interval=0.5), mounted.log()

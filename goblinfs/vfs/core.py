@@ -120,6 +120,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             "pid": os.getpid(),
             "stores": {name: {"kind": "local" if s.local else "swift"} for name, s in self.stores.items()},
             "pending_uploads": self.pending_uploads(),
+            **({"write_back": self.write_back_status()} if self.options.writeback else {}),
             "journaled": self.journaled(),
             "recovered": self.recovered(),
             "cache": {"used": used, "limit": limit},

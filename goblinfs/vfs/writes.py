@@ -1121,6 +1121,18 @@ class WritesMixin(VfsBase):
                             "state": rf.state.value, "bytes": rf.size(), "since": rf.since})
         return out
 
+    def write_back_status(self) -> dict[str, Any]:
+        """Write-back figures for status: files queued (or retrying) and their bytes, uploads
+        done and failed attempts since the mount, whether the drain at unmount has begun."""
+        wb = self.write_back
+        queued = [rf for rf in wb.files.values() if rf.state is not S.ENDED]
+        size = 0
+        for rf in queued:
+            with contextlib.suppress(OSError):
+                size += rf.size()
+        return {"queued": len(queued), "bytes": size, "uploaded": wb.uploaded, "failed_attempts": wb.failures,
+                "transfers": self.options.transfers, "draining": wb.draining}
+
     def journaled(self) -> list[dict[str, Any]]:
         """Journal records not belonging to a file open here (left by an earlier run)."""
         journal = self.journal
