@@ -385,3 +385,76 @@ def test_writeback_options_parse_and_bad_values_are_one_clear_error() -> None:
                       ("transfers=x", "bad value"), ("writeback=yes", "unknown mount option")):
         with pytest.raises(MountFailed, match=says):
             parse_options([bad])
+
+
+@pytest.mark.parametrize("xattrs", [True, False], ids=["record-in-xattr", "no-user-xattrs"])
+async def test_queued_record_survives_an_abandoned_vfs_with_and_without_xattrs(
+        swift_env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, xattrs: bool) -> None:
+    """In-process crash: a write-back Vfs with no background tasks acknowledges two closes (one
+    an overwrite of a stored object) and is abandoned; a new Vfs on the same workbench uploads
+    both at recovery.  Where the workbench refuses user xattrs (ENOTSUP), the record goes to a
+    journal file instead, and recovery acts the same."""
+    import errno
+
+    import trio
+
+    from goblinfs.vfs import ROOT_INO, Options, StoreMount, Vfs
+    from goblinfs.vfs import writes as writes_module
+    from goblinfs.workbench import ReadCache
+
+    from .conftest import make_cloud_storage
+
+    if not xattrs:
+        def refuse(*_args: Any) -> None:
+            raise OSError(errno.ENOTSUP, "no user xattrs here")
+        monkeypatch.setattr(writes_module.os, "setxattr", refuse)
+    container = f"gfs-wbx-{os.urandom(5).hex()}"
+    workbench = tmp_path / "wb"
+    (workbench / "staging").mkdir(parents=True)
+    storage = make_cloud_storage(swift_env, container, staging_dir=str(workbench / "spool"))
+    conn = swift_conn(swift_env)
+
+    def new_vfs() -> Vfs:
+        options = Options(staging_dir=str(workbench / "staging"), workbench_dir=str(workbench), op_timeout=60,
+                          writeback=True)
+        return Vfs([StoreMount("public", storage, options)], options,
+                   cache=ReadCache(str(workbench / "cache"), 1 << 30), single=True)
+
+    try:
+        conn.put_object(container, "old.dat", b"old bytes")
+        vfs = new_vfs()  # no nursery: nothing uploads in the background
+        new = content(11)
+        handle, node = await vfs.create(ROOT_INO, b"new.dat", os.O_WRONLY | os.O_CREAT)
+        await vfs.write(handle.fh, 0, new)
+        await vfs.flush(handle.fh)
+        await vfs.release(handle.fh)
+        assert node.remote is not None and node.remote.state.value == "queued"
+        over = content(12)
+        old = await vfs.lookup(ROOT_INO, b"old.dat")
+        handle = await vfs.open(old.ino, os.O_WRONLY | os.O_TRUNC)
+        await vfs.write(handle.fh, 0, over)
+        await vfs.flush(handle.fh)
+        assert stored_names(conn, container) == {"old.dat"}
+        assert conn.get_object(container, "old.dat")[1] == b"old bytes"
+        records = list((workbench / "journal").glob("*.json"))
+        marked = [p for p in (workbench / "staging").iterdir() if XATTR_RECORD in os.listxattr(p)]
+        if xattrs:
+            assert (len(records), len(marked)) == (0, 2)
+        else:
+            assert (len(records), len(marked)) == (2, 0)
+            assert all('"state": "queued"' in p.read_text() for p in records)
+        # The daemon "dies" here: the next Vfs recovers what the first acknowledged.
+        second = new_vfs()
+        async with trio.open_nursery() as nursery:
+            second.nursery = nursery  # starts recovery
+            with trio.fail_after(60):
+                while stored_names(conn, container) != {"new.dat", "old.dat"} or \
+                        conn.get_object(container, "old.dat")[1] != over:
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        assert conn.get_object(container, "new.dat")[1] == new
+        assert conn.get_object(container, "old.dat")[1] == over
+        assert not list((workbench / "journal").glob("*.json"))
+        assert not (workbench / "recovered").exists() or not any((workbench / "recovered").rglob("*"))
+    finally:
+        drop_container(swift_env, container)
