@@ -449,7 +449,9 @@ async def test_queued_record_survives_an_abandoned_vfs_with_and_without_xattrs(
             second.nursery = nursery  # starts recovery
             with trio.fail_after(60):
                 while stored_names(conn, container) != {"new.dat", "old.dat"} or \
-                        conn.get_object(container, "old.dat")[1] != over:
+                        conn.get_object(container, "old.dat")[1] != over or \
+                        list((workbench / "journal").glob("*.json")) or \
+                        any(p.name.startswith("staging-") for p in (workbench / "staging").iterdir()):
                     await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
         assert conn.get_object(container, "new.dat")[1] == new

@@ -340,11 +340,12 @@ class WritesMixin(VfsBase):
         journal = self.journal
         if journal is None:
             return
-        if rf.in_xattr and rf.state not in (S.QUEUED, S.PUBLISHING, S.SEALED):
-            # No longer content a close acknowledged and nobody stored: the staging file must
-            # not say "queued" (published: no need to wait for the disk; a stale mark then only
-            # costs recovery an MD5 check).
-            self._clear_xattr(rf, sync=rf.state is not S.CLEAN)
+        if rf.in_xattr and rf.state in (S.TRUNCATED, S.DIRTY, S.STREAMING, S.FAILED, S.DETACHED):
+            # Changed, failed or unlinked before its upload: never-closed or deleted data must not
+            # say "queued".  Published content (clean, stale, ended) keeps the mark: recovery
+            # finds those bytes stored (one MD5 comparison) and drops them, and a write after it
+            # comes here first.
+            self._clear_xattr(rf, sync=True)
         if not self._needs_record(rf):
             if rf.journaled:
                 journal.remove(rf.journal_id)
@@ -1006,7 +1007,10 @@ class WritesMixin(VfsBase):
         os.close(rf.fd)
         if keep and self.cache is not None:
             try:
-                self.cache.put(store.storage, node.path, rf.base_etag or "", rf.staging)
+                # In a thread: its metadata writes can wait for the disk's journal, and the loop
+                # serves other requests meanwhile.
+                await trio.to_thread.run_sync(self.cache.put, store.storage, node.path, rf.base_etag or "",
+                                              rf.staging)
                 return
             except OSError as exc:
                 log.debug("not caching %s: %s", rf.staging, exc)
