@@ -49,7 +49,12 @@ opens of the same object (same ETag and size) join a download in FETCHING, COMPL
 or DEGRADED; FAILED ones are not joined (a new open starts a new GET).  Reads: bytes below
 ``done`` in a state with a part file (FETCHING, COMPLETE, ADOPTED, PRIVATE, FAILED) come from
 the part file; in FETCHING a reader waits for them (or, far ahead, uses a ranged GET); anything
-else (DEGRADED, FAILED past ``done``) comes from ranged GETs.
+else (DEGRADED, FAILED past ``done``) comes from ranged GETs.  In FETCHING and COMPLETE the last
+``WINDOW`` bytes fetched are also kept in memory (``Download.window``), and reads they cover are
+answered from there: a cold sequential read never reads the part file back.  The worker writes
+the part file with O_DIRECT where the file system allows it (``_PartWriter``), so a download
+fills neither the page cache nor its writeback; a reader that fell behind the window reads the
+part file from the disk, in a thread.
 """
 
 from __future__ import annotations
