@@ -460,3 +460,42 @@ async def test_queued_record_survives_an_abandoned_vfs_with_and_without_xattrs(
         assert not (workbench / "recovered").exists() or not any((workbench / "recovered").rglob("*"))
     finally:
         drop_container(swift_env, container)
+
+
+def test_rename_of_a_queued_new_file_uploads_it_once_at_its_new_name(rig: Any, tmp_path: Path) -> None:
+    """rsync's pattern (write `.name.XXXX`, close, rename to `name`) with uploads held back:
+    the rename returns at once without any request for the temporary name; after a kill -9 the
+    next mount uploads each file at its final name, replacing what was there (an existing
+    object stays untouched until then); the temporary names never reach Swift."""
+    r = rig(options="transfers=1")
+    first = r.mount()
+    store = r.mnt / STORE
+    r.conn.put_object(r.container, "keep-old.dat", b"the old object")
+    r.fault.proxy.add_rule("PUT", r"\.dat", action="hang", times=None)  # temporary names too
+    # The one transfer place is taken by an upload that hangs: the next files stay queued.
+    (store / "blocker.dat").write_bytes(content(198))
+    assert wait_until(lambda: any("blocker.dat" in req[1] for req in r.fault.proxy.requests), 10)
+    files = {f"r{i:02d}.dat": content(200 + i) for i in range(20)}
+    files["keep-old.dat"] = content(299)
+    for name, data in files.items():
+        temp = store / f".{name}.tmp{os.getpid()}"
+        temp.write_bytes(data)
+        started = time.monotonic()
+        os.rename(temp, store / name)
+        assert time.monotonic() - started < 2, "the rename waited for an upload"
+    assert sorted(os.listdir(store)) == sorted([*files, "blocker.dat"])
+    for name, data in files.items():
+        assert (store / name).read_bytes() == data
+    assert r.conn.get_object(r.container, "keep-old.dat")[1] == b"the old object"
+    r.kill(first)
+    r.fault.proxy.clear()
+    second = r.remount()
+    assert wait_until(lambda: set(files) <= r.stored() and
+                      r.conn.get_object(r.container, "keep-old.dat")[1] == files["keep-old.dat"], 120,
+                      interval=0.5), second.log()
+    assert r.check_bytes(files) == []
+    assert not [name for name in r.stored() if ".tmp" in name]
+    assert not any(".tmp" in req[1] and req[0] == "PUT" for req in r.fault.proxy.requests)
+    assert [p for p in r.recovered() if not p.name.endswith(".why")] == []
+    second.stop()
+    second.check_log()

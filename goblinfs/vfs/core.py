@@ -314,10 +314,24 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
                 raise OSError(errno.ENOTDIR, "target is not a directory")
             ino = self.by_path.get((store.name, new_path))
             replaced = self.nodes.get(ino) if ino is not None else None
+        if self.queued_new_file(node):
+            async with node.lock:
+                if self.queued_new_file(node):
+                    # Write-back: a new file not uploaded yet moves here only (rsync's temporary
+                    # name): it is uploaded once, at its new name; its record says so first.
+                    self.requeue_at(node, existing)
+                    await self._after_move(node, store, old_parent, new_parent, target, new_path, replaced)
+                    await self.rejournal_queued(node)
+                    return
         for moving in [n for n in list(self.nodes.values())
                        if n.store is store and n.remote is not None and n.path[:len(node.path)] == node.path]:
             await self.publish_pending(moving)  # what is written is stored before it moves
         await store.meta(store.storage.move, node.path, new_path)
+        await self._after_move(node, store, old_parent, new_parent, target, new_path, replaced)
+
+    async def _after_move(self, node: Node, store: StoreMount, old_parent: Node, new_parent: Node, target: str,
+                          new_path: ExactPath, replaced: Node | None) -> None:
+        """What follows a rename that the store (or write-back) did: caches, listings, nodes."""
         if self.cache is not None and not store.local:
             self.cache.invalidate(store.storage, node.path)
             self.cache.invalidate(store.storage, new_path)

@@ -138,6 +138,9 @@ class StateError(Exception):
 #: Write-back: the first retry of a failed background upload waits this long, doubling up to
 #: WRITE_BACK_MAX_DELAY.
 WRITE_BACK_FIRST_DELAY = 1.0
+#: Write-back: an upload starts this long after the close, so that a rename right after it
+#: (rsync's temporary name) moves the queued file here and it goes up once, at its final name.
+WRITE_BACK_SETTLE = 0.2
 WRITE_BACK_MAX_DELAY = 60.0
 #: How often the drain at unmount logs what is left.
 DRAIN_REPORT_SECONDS = 5.0
@@ -838,6 +841,8 @@ class WritesMixin(VfsBase):
         delay = WRITE_BACK_FIRST_DELAY
         where = "/".join(node.path)
         try:
+            with trio.move_on_after(WRITE_BACK_SETTLE):
+                await wb.drain_started.wait()
             while True:
                 error: Exception | None = None
                 async with wb.transfers:
@@ -878,6 +883,29 @@ class WritesMixin(VfsBase):
             if node.store is store and node.path.parent == path and node.path and not node.unlinked:
                 out.append((node.path[-1], node.entry))
         return out
+
+    def queued_new_file(self, node: Node) -> bool:
+        """Write-back holds this file's first content, never uploaded (a rename moves it here)."""
+        rf = node.remote
+        return (self.options.writeback and not node.is_dir and rf is not None and rf.state is S.QUEUED
+                and rf.absent and bool(node.path))
+
+    def requeue_at(self, node: Node, existing: Entry | None) -> None:
+        """(lock held) A queued new file is renamed onto a name that holds existing (or
+        nothing): its upload replaces that object, which stays until then (old-or-new)."""
+        rf = node.remote
+        if rf is None:
+            return
+        rf.absent = existing is None
+        rf.base_etag = existing.etag if existing is not None else None
+
+    async def rejournal_queued(self, node: Node) -> None:
+        """(lock held) After a rename of a queued file: its record names the new path, durably."""
+        rf = node.remote
+        journal = self.journal
+        if rf is None or journal is None or rf.state is not S.QUEUED:
+            return
+        await trio.to_thread.run_sync(self._write_record, journal, rf, S.QUEUED, True)
 
     async def _drain_write_back(self) -> None:
         """Unmount: wait for the background uploads, logging what is left every few seconds."""
