@@ -31,6 +31,7 @@ Metric names (all prefixed ``goblinfs_``):
   ``swift_downloaded_bytes_total``: body bytes read from GETs.
 * ``cache_hits_total``, ``cache_misses_total``: opens of remote files served from / not from a kept
   copy; ``cache_evictions_total``; ``cache_used_bytes``, ``cache_limit_bytes`` (``cache_size``).
+* ``writeback_uploads_total``, ``writeback_failed_attempts_total``: write-back's background uploads;
 * ``pending_uploads{state}``, ``pending_upload_bytes``: files whose content is not yet in the store,
   by write state, and their size; ``journaled_files``: journal records left by an earlier run;
   ``recovered_files``: files kept under ``<workbench>/recovered``; ``open_files``: open handles.
@@ -74,7 +75,7 @@ SWIFT_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 #: HTTP methods whose retry counters exist from the start (at 0), so rates and alerts see them.
 SWIFT_METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE")
 #: Write states whose pending-upload gauge always exists (goblinfs.vfs.writes.JOURNALED).
-PENDING_STATES = ("truncated", "dirty", "streaming", "publishing", "sealed")
+PENDING_STATES = ("truncated", "dirty", "streaming", "publishing", "sealed", "queued")
 #: How long a scrape waits for the trio thread to read the Vfs figures.
 VFS_READ_TIMEOUT = 5.0
 
@@ -277,8 +278,10 @@ def vfs_figures(vfs: Any) -> dict[str, Any]:
     for item in vfs.pending_uploads():
         by_state[str(item.get("state"))] = by_state.get(str(item.get("state")), 0) + 1
         pending_bytes += int(item.get("bytes") or 0)
+    wb = vfs.write_back
     return {"pending": by_state, "pending_bytes": pending_bytes, "journaled": len(vfs.journaled()),
-            "recovered": len(vfs.recovered()), "open_files": len(vfs.handles)}
+            "recovered": len(vfs.recovered()), "open_files": len(vfs.handles),
+            "write_back": {"uploaded": wb.uploaded, "failed": wb.failures}}
 
 
 class MountCollector(Collector):
@@ -316,6 +319,11 @@ class MountCollector(Collector):
         yield GaugeMetricFamily("goblinfs_recovered_files", "Files kept under <workbench>/recovered",
                                 value=figures["recovered"])
         yield GaugeMetricFamily("goblinfs_open_files", "Open file handles", value=figures["open_files"])
+        yield CounterMetricFamily("goblinfs_writeback_uploads", "Write-back: queued files uploaded",
+                                  value=figures["write_back"]["uploaded"])
+        yield CounterMetricFamily("goblinfs_writeback_failed_attempts",
+                                  "Write-back: upload attempts that failed (each is retried)",
+                                  value=figures["write_back"]["failed"])
 
     def _read_vfs(self) -> dict[str, Any] | None:
         token = self.trio_token()

@@ -317,9 +317,12 @@ def test_fsync_waits_for_swift_in_write_back(rig: Any) -> None:
 
 def test_failed_upload_is_retried_and_kept(rig: Any) -> None:
     """Swift refuses the upload (503 past the request's retries) for a while: close() has
-    returned anyway, the daemon logs the failure and retries with back-off; once Swift takes it,
-    the file is there with its bytes and the journal is empty."""
-    r = rig(extra="retry_deadline = 2\ntimeout = 2\n")
+    returned anyway, the daemon logs the failure and retries with back-off (status and metrics
+    show it); once Swift takes it, the file is there with its bytes and the journal is empty."""
+    from .test_metrics import free_port, scrape
+
+    port = free_port()
+    r = rig(options=f"metrics=127.0.0.1:{port}", extra="retry_deadline = 2\ntimeout = 2\n")
     mounted = r.mount()
     refuse = r.fault.proxy.add_rule("PUT", DAT, action="status", status=503, times=None)
     path = r.mnt / STORE / "kept.dat"
@@ -337,12 +340,18 @@ def test_failed_upload_is_retried_and_kept(rig: Any) -> None:
     assert line.startswith("write-back: 1 file(s) queued"), status.stdout
     assert int(re.search(r"(\d+) failed attempt", line).group(1)) >= 2, line  # type: ignore[union-attr]
     assert "kept.dat  queued" in status.stdout or "kept.dat  sealed" in status.stdout, status.stdout
+    figures = scrape(port)
+    assert figures.get("goblinfs_writeback_failed_attempts_total") >= 2
+    assert figures.get("goblinfs_writeback_uploads_total") == 0
+    assert figures.get("goblinfs_pending_uploads", state="queued") + \
+        figures.get("goblinfs_pending_uploads", state="sealed") == 1
     assert len(r.journal_records()) == 1
     r.fault.proxy.remove_rule(refuse)
     assert wait_until(lambda: "kept.dat" in r.stored(), 90, interval=0.5), mounted.log()
     assert r.check_bytes({"kept.dat": data}) == []
     assert wait_until(lambda: not r.journal_records(), 10)
     assert refuse.hits >= 2
+    assert scrape(port).get("goblinfs_writeback_uploads_total") == 1
     mounted.stop()
 
 
