@@ -59,6 +59,7 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -82,6 +83,12 @@ HANG_SECONDS = 45.0
 SETTLE_SECONDS = 30.0
 #: Write-back: background uploads at once (Options.transfers).
 TRANSFERS = 2
+#: Known bug (the two xfail tests test_rename_over_a_file_being_*): Vfs.rename moves the object
+#: before it takes the replaced file's lock, so an upload of the replaced file in flight lands
+#: over the moved object.  While True, the write-back machine lets uploads settle before a
+#: rename onto an existing name (else it finds this bug in about every other run); set it to
+#: False once rename is fixed.
+KNOWN_RENAME_RACE = True
 OP_TIMEOUT = 20.0
 #: Bytes written are slices of this (distinct enough that a shifted or stale slice shows).
 PATTERN = random.Random(20261201).randbytes(1 << 18)
@@ -452,6 +459,8 @@ class Context:
     #: Write-back: settle steps, and how many files the longest one waited for.
     settles: int = 0
     settle_waited_max: int = 0
+    #: Write-back: store reads cut by a background replacement and read again.
+    store_retries: int = 0
     examples: int = 0
     steps: int = 0
     failures_injected: int = 0
@@ -598,6 +607,16 @@ class VfsMachine(RuleBasedStateMachine):
     def read_store(self, name: str) -> bytes | None:
         started = time.monotonic()
         try:
+            if self.ctx.writeback:
+                try:
+                    return self.ctx.direct.read(self.path(name))
+                except Exception as exc:  # noqa: BLE001 -- any failure of the GET itself
+                    # A background upload replacing a large object deletes the old segments:
+                    # a GET of the old manifest running across that is cut (Swift's behaviour,
+                    # not a content).  One more GET reads whatever the store holds now.
+                    self.ctx.store_retries += 1
+                    note(f"  store read of {name} failed ({exc!r}), read again")
+                    time.sleep(0.05)
             return self.ctx.direct.read(self.path(name))
         finally:
             self.ctx.store_time += time.monotonic() - started
@@ -940,6 +959,11 @@ class VfsMachine(RuleBasedStateMachine):
                 self.expect_error(errno.ENOENT, self.vfs.rename, self.dir_ino, src.encode(), self.dir_ino,
                                   dst.encode())
                 return
+            if (KNOWN_RENAME_RACE and self.ctx.writeback and not self.holding and src != dst
+                    and self.model.file(dst) is not None):
+                # The known bug (see test_rename_over_a_file_being_uploaded_keeps_the_moved_content):
+                # no upload of the replaced file may be in flight during the rename.
+                self.call(self._settle)
             try:
                 self.attempt(self.vfs.rename, self.dir_ino, src.encode(), self.dir_ino, dst.encode())
             except OpFailed:
@@ -1111,9 +1135,9 @@ class VfsMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.ctx.writeback)
     @rule(action=st.sampled_from(["settle", "settle", "hold", "let_go", "slow"]),
-          method=st.sampled_from(["PUT", "PUT", "COPY", "DELETE", None]),
-          times=st.sampled_from([1, 2, 3, None]), delay=st.sampled_from([0.05, 0.2, 0.5]))
-    def uploads(self, action: str, method: str | None, times: int | None, delay: float) -> None:
+          method=st.sampled_from(["PUT", "PUT", "COPY", "DELETE", None]), times=st.integers(1, 3),
+          delay=st.sampled_from([0.05, 0.2, 0.5]))
+    def uploads(self, action: str, method: str | None, times: int, delay: float) -> None:
         """Write-back's background: settle, hold the uploads, let them go, slow Swift down."""
         if action == "settle":
             if self.owes():
@@ -1126,6 +1150,26 @@ class VfsMachine(RuleBasedStateMachine):
                 self.let_uploads_go()
         elif self.ctx.slow_proxy is not None:
             self.slow_swift(method, times, delay)
+
+    @initialize(delay=st.sampled_from([0.0, 0.0, 0.05, 0.2]))
+    def slow_every_put(self, delay: float) -> None:
+        """Write-back: in some examples every PUT (of this example's directory) waits `delay` s
+        before Swift sees it, so that background uploads stay in flight across steps."""
+        if self.ctx.slow_proxy is not None and delay:
+            self.slow_swift("PUT", None, delay)
+
+    @precondition(lambda self: self.ctx.writeback and bool(self.model.handles))
+    @rule(which=st.integers(0, 255), name=st.sampled_from(NAMES))
+    def close_then_rename(self, which: int, name: str) -> None:
+        """Write-back: close a file, then at once rename another name onto it (an editor's
+        save, `mv tmp file` right after writing file): its upload may still be in flight."""
+        h = self.pick(which, lambda h: h.writable)
+        if h is None:
+            return
+        self.close_handle(h)
+        target = self.model.files[h.fid].name if h.fid in self.model.files else None
+        if target is not None and name != target and self.model.file(name) is not None:
+            self.rename(name, target)
 
     def settle(self) -> None:
         """Wait (bounded) until write-back has no upload left: then every file a close
@@ -1162,11 +1206,8 @@ class VfsMachine(RuleBasedStateMachine):
             self.holding = False
 
     def slow_swift(self, method: str | None, times: int | None, delay: float) -> None:
-        """The next `times` requests (of this example's directory; None: all of them, then at
-        most 0.2 s each) wait `delay` s before Swift sees them: an upload stays in flight across
-        the next steps."""
-        if times is None:
-            delay = min(delay, 0.2)
+        """The next `times` requests (None: all) of this example's directory wait `delay` s
+        before Swift sees them: an upload stays in flight across the next steps."""
         with self.step():
             self.ctx.slow_proxy.add_rule(method=method, path=re.escape(self.dirname), action="delay",
                                          delay=delay, times=times)
@@ -1322,7 +1363,8 @@ async def run_model(ctx: Context, config: settings, record: Callable[[str, objec
                   + (f", {ctx.failures_injected} faults injected, {ctx.errors_seen} operations failed "
                      f"({dict(ctx.errors)})"
                      if ctx.proxy is not None else "")
-                  + (f", {ctx.settles} settles (waited for at most {ctx.settle_waited_max} files)"
+                  + (f", {ctx.settles} settles (waited for at most {ctx.settle_waited_max} files), "
+                     f"{ctx.store_retries} store reads cut and read again"
                      if ctx.writeback else "")
                   + "\n  steps by rule: " + ", ".join(f"{k} {v}" for k, v in ctx.rules.most_common()))
             nursery.cancel_scope.cancel()
