@@ -12,6 +12,7 @@ docs/design.md.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -19,7 +20,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import trio
@@ -314,23 +315,39 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
                 raise OSError(errno.ENOTDIR, "target is not a directory")
             ino = self.by_path.get((store.name, new_path))
             replaced = self.nodes.get(ino) if ino is not None else None
+        # A replaced file being written is held (its lock) from before the move until it is
+        # detached: an upload of it in flight finishes first, and none starts after the move,
+        # so nothing of it ever lands over the moved object.
+        guarded = replaced if replaced is not None and replaced is not node and replaced.remote is not None else None
         if self.queued_new_file(node):
-            async with node.lock:
+            async with self._locked(node, guarded):
                 if self.queued_new_file(node):
                     # Write-back: a new file not uploaded yet moves here only (rsync's temporary
                     # name): it is uploaded once, at its new name; its record says so first.
                     self.requeue_at(node, existing)
-                    await self._after_move(node, store, old_parent, new_parent, target, new_path, replaced)
+                    await self._after_move(node, store, old_parent, new_parent, target, new_path, replaced,
+                                           replaced_locked=guarded is not None)
                     await self.rejournal_queued(node)
                     return
         for moving in [n for n in list(self.nodes.values())
                        if n.store is store and n.remote is not None and n.path[:len(node.path)] == node.path]:
             await self.publish_pending(moving)  # what is written is stored before it moves
-        await store.meta(store.storage.move, node.path, new_path)
-        await self._after_move(node, store, old_parent, new_parent, target, new_path, replaced)
+        guarded = replaced if replaced is not None and replaced is not node and replaced.remote is not None else None
+        async with self._locked(guarded):
+            await store.meta(store.storage.move, node.path, new_path)
+            await self._after_move(node, store, old_parent, new_parent, target, new_path, replaced,
+                                   replaced_locked=guarded is not None)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, *nodes: Node | None) -> AsyncIterator[None]:
+        """Hold the locks of these nodes, taken in inode order (no deadlock between renames)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for held in sorted({n for n in nodes if n is not None}, key=lambda n: n.ino):
+                await stack.enter_async_context(held.lock)
+            yield
 
     async def _after_move(self, node: Node, store: StoreMount, old_parent: Node, new_parent: Node, target: str,
-                          new_path: ExactPath, replaced: Node | None) -> None:
+                          new_path: ExactPath, replaced: Node | None, replaced_locked: bool = False) -> None:
         """What follows a rename that the store (or write-back) did: caches, listings, nodes."""
         if self.cache is not None and not store.local:
             self.cache.invalidate(store.storage, node.path)
@@ -341,7 +358,11 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
                             etag=node.entry.etag, content_type=node.entry.content_type)
         self._note_child(new_parent, target, moved_entry)
         if replaced is not None and replaced is not node:
-            await self._unlink_remote(replaced)  # its writers must never publish over the new file
+            # Its writers must never publish over the new file.
+            if replaced_locked:
+                await self._detach_locked(replaced)
+            else:
+                await self._unlink_remote(replaced)
             self._drop_path(replaced)
             replaced.unlinked = True
         self._repath(node, store, old_path, new_path)
