@@ -92,12 +92,6 @@ HANG_SECONDS = 45.0
 SETTLE_SECONDS = 30.0
 #: Write-back: background uploads at once (Options.transfers).
 TRANSFERS = 2
-#: Known bug (the two xfail tests test_rename_over_a_file_being_*): Vfs.rename moves the object
-#: before it takes the replaced file's lock, so an upload of the replaced file in flight lands
-#: over the moved object.  While True, the write-back machine lets uploads settle before a
-#: rename onto an existing name (else it finds this bug in about every other run); set it to
-#: False once rename is fixed.
-KNOWN_RENAME_RACE = True
 OP_TIMEOUT = 20.0
 #: Bytes written are slices of this (distinct enough that a shifted or stale slice shows).
 PATTERN = random.Random(20261201).randbytes(1 << 18)
@@ -968,11 +962,6 @@ class VfsMachine(RuleBasedStateMachine):
                 self.expect_error(errno.ENOENT, self.vfs.rename, self.dir_ino, src.encode(), self.dir_ino,
                                   dst.encode())
                 return
-            if (KNOWN_RENAME_RACE and self.ctx.writeback and not self.holding and src != dst
-                    and self.model.file(dst) is not None):
-                # The known bug (see test_rename_over_a_file_being_uploaded_keeps_the_moved_content):
-                # no upload of the replaced file may be in flight during the rename.
-                self.call(self._settle)
             try:
                 self.attempt(self.vfs.rename, self.dir_ino, src.encode(), self.dir_ino, dst.encode())
             except OpFailed:
@@ -1091,9 +1080,6 @@ class VfsMachine(RuleBasedStateMachine):
                 call = functools.partial(self._truncate_path, name, size)
             else:
                 call = functools.partial(self._open, name, os.O_WRONLY | os.O_TRUNC)
-            if (op_name == "rename" and KNOWN_RENAME_RACE and self.ctx.writeback and not self.holding
-                    and self.model.file(other) is not None):
-                self.call(self._settle)  # the known bug: see KNOWN_RENAME_RACE
             self.run_both([self._plan(ha, op_a, pos, length, seed), (call, apply)],
                           f"{op_a}({ha}) with {op_name}({name})")
 
@@ -1743,8 +1729,6 @@ async def _settled(vfs: Vfs) -> None:
             await trio.sleep(0.01)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: Vfs.rename moves the object before it takes the replaced "
-                   "file's lock, so the replaced file's upload in flight lands over the moved object")
 async def test_rename_over_a_file_being_uploaded_keeps_the_moved_content(writeback: Direct) -> None:
     """Write-back: rename(a, b) while b's background upload is in flight (its PUT slowed down)
     must leave b holding a's content once the uploads settle: the replaced file's late upload
@@ -1769,8 +1753,6 @@ async def test_rename_over_a_file_being_uploaded_keeps_the_moved_content(writeba
     await wb.close(fh)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: Vfs.rename moves the object before it takes the replaced "
-                   "file's lock, so the replaced file's upload in flight lands over the moved object")
 async def test_rename_over_a_file_being_closed_keeps_the_moved_content(faulty: Direct) -> None:
     """Durable mode: rename(a, b) while b's close is uploading (its PUT slowed down): whichever
     goes first, b ends up holding a's content (a replaced file's writers never publish over the
