@@ -1773,3 +1773,17 @@ async def test_rename_over_a_file_being_closed_keeps_the_moved_content(faulty: D
         nursery.start_soon(rename_soon)
     assert faulty.stored("a.txt") is None
     assert faulty.stored("b.txt") == b"moved content", f"b.txt holds {_short(faulty.stored('b.txt'))}"
+
+
+@swift_only
+@pytest.mark.xfail(strict=True, reason="known bug: truncate to 0 of a streaming file aborts the stream but "
+                   "leaves the state streaming, which has no 'truncate' transition (EIO)")
+async def test_truncate_to_zero_of_a_streaming_file(direct: Direct) -> None:
+    """A file written from empty and only appended to, past one segment (so it streams), then
+    ftruncate(fd, 0): the truncation succeeds and the close stores the empty file."""
+    fh = await direct.create("c.txt", os.O_WRONLY | os.O_APPEND)
+    await direct.vfs.write(fh, 0, data_of(SEGMENT_SIZE + 1797, 1))
+    await direct.vfs.setattr(await direct.ino("c.txt"), size=0, fh=fh)
+    assert (await direct.vfs.getattr(await direct.ino("c.txt"))).size == 0
+    await direct.close(fh)
+    assert direct.stored("c.txt") == b""
