@@ -1776,8 +1776,6 @@ async def test_rename_over_a_file_being_closed_keeps_the_moved_content(faulty: D
 
 
 @swift_only
-@pytest.mark.xfail(strict=True, reason="known bug: truncate to 0 of a streaming file aborts the stream but "
-                   "leaves the state streaming, which has no 'truncate' transition (EIO)")
 async def test_truncate_to_zero_of_a_streaming_file(direct: Direct) -> None:
     """A file written from empty and only appended to, past one segment (so it streams), then
     ftruncate(fd, 0): the truncation succeeds and the close stores the empty file."""

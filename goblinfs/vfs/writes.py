@@ -96,6 +96,8 @@ TRANSITIONS: dict[tuple[WriteState, str], WriteState] = {
     (S.DETACHED, "write"): S.DETACHED,
     (S.DIRTY, "stream"): S.STREAMING,
     **{(s, "truncate"): S.DIRTY for s in (S.CLEAN, S.TRUNCATED, S.DIRTY, S.SEALED, S.QUEUED)},
+    # truncate to 0 of a stream: nothing of it is kept (its segments are dropped, not read back)
+    (S.STREAMING, "truncate"): S.DIRTY,
     (S.DETACHED, "truncate"): S.DETACHED,
     # making the staging file whole again before a read, a truncate or a non-append write
     (S.STREAMING, "read_back"): S.DIRTY,
