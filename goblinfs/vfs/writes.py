@@ -144,6 +144,11 @@ WRITE_BACK_FIRST_DELAY = 1.0
 #: (rsync's temporary name) moves the queued file here and it goes up once, at its final name.
 WRITE_BACK_SETTLE = 0.2
 WRITE_BACK_MAX_DELAY = 60.0
+#: Write-back: while closes keep coming (a copy in progress), at most this many uploads run, so
+#: that they leave the writer its share of the CPUs; the rest start once the closes pause for
+#: WRITE_BACK_BUSY seconds.
+WRITE_BACK_BUSY_TRANSFERS = 1
+WRITE_BACK_BUSY = 0.3
 #: How often the drain at unmount logs what is left.
 DRAIN_REPORT_SECONDS = 5.0
 
@@ -162,6 +167,9 @@ class WriteBack:
         self.gave_up = False
         self.uploaded = 0
         self.failures = 0
+        #: Uploads running now, and until when closes count as "a copy in progress".
+        self.active = 0
+        self.busy_until = 0.0
 
 
 @dataclass(eq=False)
@@ -821,6 +829,7 @@ class WritesMixin(VfsBase):
             code = exc.errno if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
             raise OSError(code, f"workbench journal: {exc.strerror or exc}") from exc
         self._fire(rf, "queue")
+        self.write_back.busy_until = time.monotonic() + WRITE_BACK_BUSY
         self._start_write_back(rf)
 
     def _start_write_back(self, rf: RemoteFile) -> None:
@@ -848,20 +857,27 @@ class WritesMixin(VfsBase):
             while True:
                 error: Exception | None = None
                 async with wb.transfers:
+                    while (wb.active >= WRITE_BACK_BUSY_TRANSFERS and not wb.draining
+                           and time.monotonic() < wb.busy_until):
+                        await trio.sleep(0.05)  # a copy is going on: leave it the CPUs
                     if wb.gave_up:
                         return
-                    async with node.lock:
-                        if node.remote is not rf or rf.state not in (S.QUEUED, S.SEALED):
-                            return  # written again, unlinked, published by fsync/rename/reopen
-                        try:
-                            await self._publish(rf)
-                        except Exception as exc:
-                            error = exc
-                        else:
-                            wb.uploaded += 1
-                            if node.writers <= 0 and rf.state in (S.CLEAN, S.STALE, S.FAILED, S.DETACHED):
-                                await self._end(rf)
-                            return
+                    wb.active += 1
+                    try:
+                        async with node.lock:
+                            if node.remote is not rf or rf.state not in (S.QUEUED, S.SEALED):
+                                return  # written again, unlinked, published by fsync/rename/reopen
+                            try:
+                                await self._publish(rf)
+                            except Exception as exc:
+                                error = exc
+                            else:
+                                wb.uploaded += 1
+                                if node.writers <= 0 and rf.state in (S.CLEAN, S.STALE, S.FAILED, S.DETACHED):
+                                    await self._end(rf)
+                                return
+                    finally:
+                        wb.active -= 1
                 wb.failures += 1
                 if wb.draining:
                     wb.gave_up = True
