@@ -320,6 +320,31 @@ async def test_statfs(env: Env) -> None:
     assert total >= free > 0 and files >= ffree > 0
 
 
+class CountingSpace(BasicFileStorage):
+    calls = 0
+
+    def space(self) -> Any:
+        CountingSpace.calls += 1
+        return super().space()
+
+
+async def test_statfs_answer_is_reused_for_dir_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`find` and `df` ask statfs; each store's figures are one Swift HEAD: one answer serves
+    the calls of dir_timeout seconds, then the stores are asked again."""
+    clock = [1000.0]
+    monkeypatch.setattr("goblinfs.vfs.core.time.monotonic", lambda: clock[0])
+    options = Options(staging_dir=str(tmp_path), dir_timeout=5.0)
+    CountingSpace.calls = 0
+    vfs = Vfs([StoreMount("public", CountingSpace(str(tmp_path)), options)], options)
+    first = await vfs.statfs()
+    clock[0] += 4.9
+    assert await vfs.statfs() == first
+    assert CountingSpace.calls == 1
+    clock[0] += 0.2
+    await vfs.statfs()
+    assert CountingSpace.calls == 2
+
+
 class Exploding(BasicFileStorage):
     def list_dir(self, dirpath: Any) -> Any:
         raise RuntimeError("a bug in a store")
