@@ -103,11 +103,20 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             self.trio_token = trio.lowlevel.current_trio_token()
         except RuntimeError:  # set from outside the run: its owner calls recover()
             return
+        if self._statfs_cache is None:
+            nursery.start_soon(self._warm_statfs)
         if self._recovery_started or self.journal is None:
             return
         # What an earlier run left in the journal is finished or set aside at once.
         self._recovery_started = True
         nursery.start_soon(self._recover_safely)
+
+    async def _warm_statfs(self) -> None:
+        """The stores' figures fetched once at start, so the first `df` or `find` does not wait."""
+        try:
+            await self.statfs()
+        except Exception as exc:  # asked again at the first statfs
+            log.debug("statfs at start: %s", exc)
 
     async def _recover_safely(self) -> None:
         try:
