@@ -149,6 +149,9 @@ WRITE_BACK_MAX_DELAY = 60.0
 #: WRITE_BACK_BUSY seconds.
 WRITE_BACK_BUSY_TRANSFERS = 1
 WRITE_BACK_BUSY = 0.3
+#: ... unless this many bytes wait in the workbench: then every place uploads, so that a long
+#: copy of big files does not fill the workbench.
+WRITE_BACK_BUSY_BYTES = 256 << 20
 #: How often the drain at unmount logs what is left.
 DRAIN_REPORT_SECONDS = 5.0
 
@@ -170,6 +173,9 @@ class WriteBack:
         #: Uploads running now, and until when closes count as "a copy in progress".
         self.active = 0
         self.busy_until = 0.0
+        #: Bytes of the files in ``files`` (their size when queued).
+        self.bytes = 0
+        self.sizes: dict[int, int] = {}
 
 
 @dataclass(eq=False)
@@ -842,6 +848,9 @@ class WritesMixin(VfsBase):
         if nursery is None:  # no background here (a test's Vfs): shutdown publishes it
             return
         wb.files[key] = rf
+        with contextlib.suppress(OSError):
+            wb.sizes[key] = rf.size()
+            wb.bytes += wb.sizes[key]
         nursery.start_soon(self._write_back_task, rf)
 
     async def _write_back_task(self, rf: RemoteFile) -> None:
@@ -858,7 +867,7 @@ class WritesMixin(VfsBase):
                 error: Exception | None = None
                 async with wb.transfers:
                     while (wb.active >= WRITE_BACK_BUSY_TRANSFERS and not wb.draining
-                           and time.monotonic() < wb.busy_until):
+                           and time.monotonic() < wb.busy_until and wb.bytes < WRITE_BACK_BUSY_BYTES):
                         await trio.sleep(0.05)  # a copy is going on: leave it the CPUs
                     if wb.gave_up:
                         return
@@ -890,6 +899,7 @@ class WritesMixin(VfsBase):
                 delay = min(delay * 2, WRITE_BACK_MAX_DELAY)
         finally:
             wb.files.pop(id(rf), None)
+            wb.bytes -= wb.sizes.pop(id(rf), 0)
             self._maybe_free(node)
 
     def _unpublished_children(self, store: StoreMount, path: ExactPath) -> list[tuple[str, Entry]]:
