@@ -948,9 +948,8 @@ class WritesMixin(VfsBase):
             await trio.sleep(0.05)
             if time.monotonic() - last >= DRAIN_REPORT_SECONDS and wb.files:
                 last = time.monotonic()
-                left = sum(rf.size() for rf in wb.files.values() if rf.state is not S.ENDED)
                 log.info("write-back: %d file(s), %d bytes still to upload (%d uploaded)",
-                         len(wb.files), left, wb.uploaded)
+                         len(wb.files), wb.bytes, wb.uploaded)
 
     async def publish_pending(self, node: Node) -> None:
         """Publish whatever a remote node has pending (before a rename)."""
