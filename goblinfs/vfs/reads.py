@@ -733,28 +733,17 @@ class ReadsMixin(VfsBase):
         return await download.ranges.read(offset, end - offset)
 
     async def _part_read(self, download: Download, offset: int, length: int) -> bytes | memoryview:
-        """Bytes of the part file: in line when the page cache has them all; else (its chunks
-        are written around the page cache: a reader that fell out of the window waits for the
-        disk) in a thread, through a descriptor of its own that a DEGRADED or CLOSED download
-        cannot close under it."""
+        """Bytes of the part file (its chunks are written around the page cache: a reader that
+        fell out of the window may wait for the disk), through a descriptor of its own when it
+        goes to a thread, which a DEGRADED or CLOSED download cannot close under it."""
         _part, fd = download.part_file()
-        buf = bytearray(length)
-        try:
-            got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
-        except OSError:  # EAGAIN: not all in the page cache
-            got = -1
-        if got == length:
-            return memoryview(buf)
-        own = os.dup(fd)
-        try:
-            return await trio.to_thread.run_sync(os.pread, own, length, offset,
-                                                 limiter=download.node.stored_in.limiter)
-        finally:
-            os.close(own)
+        return await self._pread(fd, download.node, length, offset, own_fd=True)
 
-    async def _pread(self, fd: int, node: Node, size: int, offset: int) -> bytes | memoryview:
+    async def _pread(self, fd: int, node: Node, size: int, offset: int,
+                     own_fd: bool = False) -> bytes | memoryview:
         """Read from a local file: in line when the page cache has it all, else in a thread, so
-        the kernel's parallel read-ahead requests wait for the disk together, not in turn."""
+        the kernel's parallel read-ahead requests wait for the disk together, not in turn
+        (own_fd: the thread reads a dup of fd, which nobody else can close meanwhile)."""
         buf = bytearray(size)
         try:
             got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
@@ -762,7 +751,13 @@ class ReadsMixin(VfsBase):
             got = -1
         if got == size:
             return memoryview(buf)
-        return await trio.to_thread.run_sync(os.pread, fd, size, offset, limiter=node.stored_in.limiter)
+        if not own_fd:
+            return await trio.to_thread.run_sync(os.pread, fd, size, offset, limiter=node.stored_in.limiter)
+        own = os.dup(fd)
+        try:
+            return await trio.to_thread.run_sync(os.pread, own, size, offset, limiter=node.stored_in.limiter)
+        finally:
+            os.close(own)
 
 
 def _close_quietly(source: Any) -> None:

@@ -156,6 +156,17 @@ WRITE_BACK_BUSY_BYTES = 256 << 20
 DRAIN_REPORT_SECONDS = 5.0
 
 
+class Phase(enum.Enum):
+    """Where the write-back queue of a mount stands (it only moves forward)."""
+
+    #: Serving: uploads run, failures are retried with back-off.
+    RUNNING = "running"
+    #: Unmount: waiting tasks retry at once; the first failure abandons the rest.
+    DRAINING = "draining"
+    #: An upload failed while draining: what is left stays journaled for the next mount.
+    ABANDONED = "abandoned"
+
+
 class WriteBack:
     """The background uploads of write-back mode: one task per queued file, at most
     ``transfers`` uploading at once (trio's semaphore is fair: first queued, first sent)."""
@@ -164,10 +175,9 @@ class WriteBack:
         self.transfers = trio.Semaphore(max(1, transfers))
         #: Files with a background upload task (queued, uploading, or waiting to retry).
         self.files: dict[int, RemoteFile] = {}
-        #: Set at unmount: waiting tasks retry at once; a failure then leaves the rest journaled.
-        self.draining = False
+        self.phase = Phase.RUNNING
+        #: Set when the phase leaves RUNNING: tasks waiting to retry wake up.
         self.drain_started = trio.Event()
-        self.gave_up = False
         self.uploaded = 0
         self.failures = 0
         #: Uploads running now, and until when closes count as "a copy in progress".
@@ -866,10 +876,10 @@ class WritesMixin(VfsBase):
             while True:
                 error: Exception | None = None
                 async with wb.transfers:
-                    while (wb.active >= WRITE_BACK_BUSY_TRANSFERS and not wb.draining
+                    while (wb.active >= WRITE_BACK_BUSY_TRANSFERS and wb.phase is Phase.RUNNING
                            and time.monotonic() < wb.busy_until and wb.bytes < WRITE_BACK_BUSY_BYTES):
                         await trio.sleep(0.05)  # a copy is going on: leave it the CPUs
-                    if wb.gave_up:
+                    if wb.phase is Phase.ABANDONED:
                         return
                     wb.active += 1
                     try:
@@ -888,8 +898,8 @@ class WritesMixin(VfsBase):
                     finally:
                         wb.active -= 1
                 wb.failures += 1
-                if wb.draining:
-                    wb.gave_up = True
+                if wb.phase is not Phase.RUNNING:
+                    wb.phase = Phase.ABANDONED
                     log.error("write-back of %s failed while stopping (%s): it stays in the journal and is "
                               "uploaded at the next mount", where, error)
                     return
@@ -938,7 +948,7 @@ class WritesMixin(VfsBase):
     async def _drain_write_back(self) -> None:
         """Unmount: wait for the background uploads, logging what is left every few seconds."""
         wb = self.write_back
-        wb.draining = True
+        wb.phase = Phase.DRAINING
         wb.drain_started.set()
         if not wb.files:
             return
@@ -1153,7 +1163,7 @@ class WritesMixin(VfsBase):
         uploads drain first; if one fails while stopping, what is left stays journaled for the
         next mount rather than being tried file by file."""
         await self._drain_write_back()
-        gave_up = self.write_back.gave_up
+        gave_up = self.write_back.phase is Phase.ABANDONED
         for node in list(self.nodes.values()):
             rf = node.remote
             if rf is None:
@@ -1190,7 +1200,7 @@ class WritesMixin(VfsBase):
             with contextlib.suppress(OSError):
                 size += rf.size()
         return {"queued": len(queued), "bytes": size, "uploaded": wb.uploaded, "failed_attempts": wb.failures,
-                "transfers": self.options.transfers, "draining": wb.draining}
+                "transfers": self.options.transfers, "draining": wb.phase is not Phase.RUNNING}
 
     def journaled(self) -> list[dict[str, Any]]:
         """Journal records not belonging to a file open here (left by an earlier run)."""
