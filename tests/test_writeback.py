@@ -508,3 +508,61 @@ def test_rename_of_a_queued_new_file_uploads_it_once_at_its_new_name(rig: Any, t
     assert [p for p in r.recovered() if not p.name.endswith(".why")] == []
     second.stop()
     second.check_log()
+
+
+async def test_workbench_full_at_close_is_the_close_error_and_acknowledges_nothing(
+        swift_env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workbench cannot make the content durable (fsync gives ENOSPC): close() fails with
+    ENOSPC, nothing is queued, Swift keeps nothing; the next close, with room again, queues it,
+    and a crash then loses nothing (the next Vfs uploads exactly those bytes)."""
+    import errno
+
+    import trio
+
+    from goblinfs.vfs import ROOT_INO, Options, StoreMount, Vfs
+    from goblinfs.vfs import writes as writes_module
+    from goblinfs.workbench import ReadCache
+
+    from .conftest import make_cloud_storage
+
+    container = f"gfs-wbf-{os.urandom(5).hex()}"
+    workbench = tmp_path / "wb"
+    (workbench / "staging").mkdir(parents=True)
+    storage = make_cloud_storage(swift_env, container, staging_dir=str(workbench / "spool"))
+    conn = swift_conn(swift_env)
+
+    def new_vfs() -> Vfs:
+        options = Options(staging_dir=str(workbench / "staging"), workbench_dir=str(workbench), op_timeout=60,
+                          writeback=True)
+        return Vfs([StoreMount("public", storage, options)], options,
+                   cache=ReadCache(str(workbench / "cache"), 1 << 30), single=True)
+
+    real_fsync = os.fsync
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    try:
+        vfs = new_vfs()
+        data = content(21)
+        handle, node = await vfs.create(ROOT_INO, b"full.dat", os.O_WRONLY | os.O_CREAT)
+        await vfs.write(handle.fh, 0, data)
+        monkeypatch.setattr(writes_module.os, "fsync", full)
+        with pytest.raises(OSError) as failed:
+            await vfs.flush(handle.fh)
+        assert failed.value.errno == errno.ENOSPC
+        assert node.remote is not None and node.remote.state.value == "dirty"
+        assert stored_names(conn, container) == set()
+        monkeypatch.setattr(writes_module.os, "fsync", real_fsync)
+        await vfs.flush(handle.fh)
+        assert node.remote.state.value == "queued"
+        second = new_vfs()  # the first "dies" with the file queued
+        async with trio.open_nursery() as nursery:
+            second.nursery = nursery
+            with trio.fail_after(60):
+                while "full.dat" not in stored_names(conn, container):
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        assert conn.get_object(container, "full.dat")[1] == data
+    finally:
+        drop_container(swift_env, container)
