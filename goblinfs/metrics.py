@@ -32,6 +32,8 @@ Metric names (all prefixed ``goblinfs_``):
 * ``cache_hits_total``, ``cache_misses_total``: opens of remote files served from / not from a kept
   copy; ``cache_evictions_total``; ``cache_used_bytes``, ``cache_limit_bytes`` (``cache_size``).
 * ``writeback_uploads_total``, ``writeback_failed_attempts_total``: write-back's background uploads;
+* ``plain_streams_total{outcome}``: new files sent to Swift while being written (stored, failed
+  and sent whole at close, given up);
 * ``pending_uploads{state}``, ``pending_upload_bytes``: files whose content is not yet in the store,
   by write state, and their size; ``journaled_files``: journal records left by an earlier run;
   ``recovered_files``: files kept under ``<workbench>/recovered``; ``open_files``: open handles.
@@ -281,7 +283,8 @@ def vfs_figures(vfs: Any) -> dict[str, Any]:
     wb = vfs.write_back
     return {"pending": by_state, "pending_bytes": pending_bytes, "journaled": len(vfs.journaled()),
             "recovered": len(vfs.recovered()), "open_files": len(vfs.handles),
-            "write_back": {"uploaded": wb.uploaded, "failed": wb.failures}}
+            "write_back": {"uploaded": wb.uploaded, "failed": wb.failures},
+            "plain_streams": dict(vfs.plain_streams)}
 
 
 class MountCollector(Collector):
@@ -324,6 +327,12 @@ class MountCollector(Collector):
         yield CounterMetricFamily("goblinfs_writeback_failed_attempts",
                                   "Write-back: upload attempts that failed (each is retried)",
                                   value=figures["write_back"]["failed"])
+        plain = CounterMetricFamily("goblinfs_plain_streams", "New files sent to Swift as they were written (one "
+                                    "PUT), by outcome: stored, failed (sent whole at close), given_up",
+                                    labels=["outcome"])
+        for outcome, count in sorted(figures["plain_streams"].items()):
+            plain.add_metric([outcome], count)
+        yield plain
 
     def _read_vfs(self) -> dict[str, Any] | None:
         token = self.trio_token()

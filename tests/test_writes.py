@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from goblinfs.storage import StorageUnavailable
+from goblinfs.storage.swift.plainstream import PLAIN_TRANSITIONS, PlainState
 from goblinfs.vfs import ROOT_INO, Options, StoreMount, Vfs
 from goblinfs.vfs.writes import TRANSITIONS, WriteState
 from goblinfs.workbench import ReadCache
@@ -90,6 +91,22 @@ def test_design_doc_prints_the_transition_table() -> None:
     documented = {(WriteState(state), event): WriteState(cell)
                   for state, cells in rows.items() for event, cell in zip(events, cells, strict=True) if cell != "·"}
     assert documented == TRANSITIONS
+
+
+def test_design_doc_prints_the_plain_stream_table() -> None:
+    """docs/design.md's plain stream table is the code's PLAIN_TRANSITIONS, cell for cell."""
+    lines = (ROOT / "docs" / "design.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| plain state \\ event |"))
+    events = [cell.strip() for cell in lines[start].strip("|").split("|")][1:]
+    documented = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        for event, cell in zip(events, cells[1:], strict=True):
+            if cell != "·":
+                documented[(PlainState(cells[0]), event)] = PlainState(cell)
+    assert documented == PLAIN_TRANSITIONS
 
 
 async def test_o_trunc_then_flush_keeps_the_old_object(bench: Bench) -> None:

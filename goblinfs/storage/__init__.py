@@ -379,6 +379,19 @@ class StorageInterface:
         """
         return None
 
+    def stream_file(self, filepath: Sequence[str], mtime_ns: int, replaces: str | None = None) -> Upload | None:
+        """An Upload storing filepath while it is written, or None (the store has none, or
+        no room for one now): the caller then stores the file whole at the end.
+
+        Makes no request before the first append.  The Upload's ``finish(mtime_ns)`` stores
+        what was appended with that mtime (*mtime_ns* here is the one its first request
+        carries), only if nothing is at filepath (*replaces* None) or the object there still
+        has the ETag *replaces*; FileExistsError otherwise.  Anything it raises leaves the
+        object at filepath as it was, except an object stored with other bytes than appended
+        (OSError EIO), which the caller replaces.  ``abort`` stores nothing.
+        """
+        return None
+
     def discard_upload(self, filepath: Sequence[str], upload_id: str) -> int:
         """Delete what the unfinished upload *upload_id* to filepath left in the store (Swift:
         every segment of that upload); the number of objects deleted.  Idempotent (0 when

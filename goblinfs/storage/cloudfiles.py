@@ -59,6 +59,7 @@ import io
 import logging
 import os
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -113,6 +114,7 @@ from .swift.listing import (
     parse_mtime,
     split_content_type,
 )
+from .swift.plainstream import PLAIN_STREAMS, PlainStream
 from .swift.session import (
     DEFAULT_RETRY_DEADLINE,
     DEFAULT_TIMEOUT,
@@ -305,6 +307,7 @@ class CloudFileStorage(StorageInterface):
         if kwargs:
             log.debug("CloudFileStorage ignores keys %s", sorted(kwargs))
         self.large = LargeObjects(self)
+        self._plain_slots = threading.BoundedSemaphore(PLAIN_STREAMS)
         self.session = SwiftSession(auth_url=self.auth_url, user=self.user, key=str(cloudfiles_api_key),
                                     auth_version=version, os_options=os_options, container=self.container,
                                     retries=self.retries, timeout=self.timeout or DEFAULT_TIMEOUT,
@@ -894,6 +897,16 @@ class CloudFileStorage(StorageInterface):
         self._check_new_name(name, name.split("/"))
         return SegmentStream(self, name, self._base_segment_size(), upload_id=upload_id)
 
+    def stream_file(self, filepath: Sequence[str], mtime_ns: int, replaces: str | None = None) -> Upload | None:
+        """A PlainStream: one chunked PUT fed while the file is written (``If-None-Match: *``
+        when *replaces* is None; else a HEAD before its last chunk checks the ETag), or None
+        when PLAIN_STREAMS are already under way."""
+        name = self._file_name(filepath)
+        self._check_new_name(name, name.split("/"))
+        if not self._plain_slots.acquire(blocking=False):
+            return None
+        return PlainStream(self, name, mtime_ns, self._plain_slots, replaces)
+
     def read_upload(self, filepath: Sequence[str], upload_id: str, fd: int) -> tuple[int, str]:
         """Write the segments the upload *upload_id* of filepath has in the store into fd (crash
         recovery: goblinfs.storage.swift.recovery); (bytes, the SLO ETag they would make)."""
@@ -1139,6 +1152,14 @@ class CloudFileStorage(StorageInterface):
         for directory in reversed(missing):
             self._put_marker(directory + "/", now)
 
+    def _post_file_meta(self, name: str, content_type: str, mtime_ns: int, kept: Mapping[str, str]) -> None:
+        """POST a file's mtime (Content-Type parameter and X-Object-Meta-Mtime) with the
+        metadata *kept* (a POST replaces all of it)."""
+        mtime = format_mtime(mtime_ns)
+        post = dict(kept)
+        post.update({"Content-Type": f"{content_type};{MTIME_PARAM}={mtime}", "X-Object-Meta-Mtime": mtime})
+        self._call("post_object", self.container, name, post, name=name)
+
     def set_mtime(self, filepath: Sequence[str], mtime_ns: int) -> None:
         """Set the mtime of a file (Content-Type parameter and X-Object-Meta-Mtime, by POST) or a
         directory (its marker's X-Object-Meta-Mtime; a marker is created if it had none).
@@ -1157,9 +1178,7 @@ class CloudFileStorage(StorageInterface):
         if headers is not None and not dir_object and self._dir_probe(name) is None:
             # A file: our Content-Type parameter (for listings) and the swift CLI header.
             content_type = split_content_type(headers.get("content-type"))[0] or guess_type(components[-1])
-            post = header_meta(headers)
-            post.update({"Content-Type": f"{content_type};{MTIME_PARAM}={mtime}", "X-Object-Meta-Mtime": mtime})
-            self._call("post_object", self.container, name, post, name=name)
+            self._post_file_meta(name, content_type, mtime_ns, header_meta(headers))
             return
         if headers is not None and dir_object:
             target = name  # an application/directory object without the slash

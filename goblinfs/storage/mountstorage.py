@@ -170,6 +170,11 @@ class MountStorage(StorageInterface):
         backend, rest = self._forward(filepath)
         return backend.start_upload(rest, upload_id)
 
+    def stream_file(self, filepath: Sequence[str], mtime_ns: int, replaces: str | None = None) -> Upload | None:
+        """Streamed by the holding store."""
+        backend, rest = self._forward(filepath)
+        return backend.stream_file(rest, mtime_ns, replaces)
+
     def discard_upload(self, filepath: Sequence[str], upload_id: str) -> int:
         """Discarded by the holding store."""
         backend, rest = self._forward(filepath)

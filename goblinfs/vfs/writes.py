@@ -137,6 +137,15 @@ class StateError(Exception):
     """A transition the table does not allow (a bug; the caller gets EIO)."""
 
 
+#: A new file is sent as it is written (a plain stream) once it is this long: smaller ones
+#: stay one PUT at close whose ETag Swift checks before storing, and need no mtime POST.
+PLAIN_BEGIN_AT = 1 << 20
+#: ... and only where objects are segmented past this size or more (a smaller segment_size
+#: leaves too little between the two for a plain PUT to be worth it).
+PLAIN_MIN_SEGMENT = 4 << 20
+#: The ETag of an empty object.
+EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).hexdigest()
+
 #: Write-back: the first retry of a failed background upload waits this long, doubling up to
 #: WRITE_BACK_MAX_DELAY.
 WRITE_BACK_FIRST_DELAY = 1.0
@@ -225,6 +234,12 @@ class RemoteFile:
     in_xattr: bool = False
     #: The publication in flight writes segments (a large object).
     segmented: bool = False
+    #: A new file appended to past PLAIN_BEGIN_AT: its plain PUT, fed as it is written
+    #: (``StorageInterface.stream_file``); the staging file still holds every byte.
+    plain: Upload | None = None
+    #: A plain stream was begun for this content (one per file: one that was given up is not
+    #: begun again).
+    plain_begun: bool = False
 
     def fire(self, event: str) -> WriteState:
         """Move to the state the table gives for (state, event); StateError if none."""
@@ -488,6 +503,7 @@ class WritesMixin(VfsBase):
         """Written from empty: if the writer only appends, big files stream to the store."""
         rf.upload = None
         rf.upload_end = 0
+        rf.plain_begun = False
         store = rf.node.store
         if store is None:
             return
@@ -500,10 +516,72 @@ class WritesMixin(VfsBase):
             log.debug("no streaming upload of %s: %s", "/".join(rf.node.path), exc)
 
     def _abort_upload(self, rf: RemoteFile) -> None:
-        """Drop a stream that is not needed any more (its segments are deleted)."""
+        """Drop a stream that is not needed any more (its segments are deleted), and a plain one."""
         upload, rf.upload = rf.upload, None
         if upload is not None:
             upload.abort()
+        self._abort_plain(rf)
+
+    @functools.cached_property
+    def plain_streams(self) -> dict[str, int]:
+        """Plain streams since the mount, by outcome: stored (close sent only the end), failed
+        (the staged copy was sent at close instead), given_up (a write that was not an append,
+        growth past segment_size, a stream that failed while written, unlink...)."""
+        return {"stored": 0, "failed": 0, "given_up": 0}
+
+    def _abort_plain(self, rf: RemoteFile) -> None:
+        """Give up rf's plain stream (nothing of it is stored): the staged copy is sent instead."""
+        plain, rf.plain = rf.plain, None
+        if plain is not None:
+            plain.abort()
+            self.plain_streams["given_up"] += 1
+
+    async def _feed_plain(self, rf: RemoteFile, store: StoreMount, data: bytes) -> None:
+        """(lock held) An append to a file written from empty: handed to its plain stream, which
+        begins (with the bytes staged so far) once a new file is PLAIN_BEGIN_AT long.  Durable
+        mode only (write-back uploads in the background anyway).  A stream that fails is given
+        up; the write itself succeeded in the staging file."""
+        plain = rf.plain
+        try:
+            if plain is None:
+                upload = rf.upload
+                # Written from empty over nothing or an empty object (dd and the shell publish
+                # a new file empty when they close the descriptor they duplicated).
+                replaces = None if rf.absent else rf.base_etag
+                if (rf.plain_begun or (replaces is not None and replaces != EMPTY_MD5) or self.options.writeback
+                        or upload is None or rf.upload_end < PLAIN_BEGIN_AT or upload.begin_at < PLAIN_MIN_SEGMENT):
+                    return
+                rf.plain_begun = True
+                plain = store.storage.stream_file(rf.node.path, time.time_ns(), replaces)
+                if plain is None:
+                    return
+                rf.plain = plain
+                await store.call(plain.put_file, rf.fd, rf.upload_end)
+            elif not plain.offer(data):
+                await store.call(plain.put, data)
+        except Exception as exc:
+            log.info("%s: not sent as it is written (%s); sent whole at close", "/".join(rf.node.path), exc)
+            self._abort_plain(rf)
+
+    async def _finish_plain(self, rf: RemoteFile, mtime: int | None) -> Entry | None:
+        """(lock held, publishing) Store rf through its plain stream; None if it has none or it
+        failed (nothing of it stored, or an object the staged copy must replace)."""
+        plain = rf.plain
+        if plain is None:
+            return None
+        if plain.accepted != rf.size():
+            self._abort_plain(rf)
+            return None
+        rf.plain = None
+        store = rf.node.stored_in
+        try:
+            entry = await store.call(functools.partial(plain.finish, mtime))
+        except Exception as exc:
+            self.plain_streams["failed"] += 1
+            log.info("%s: its plain stream was not stored (%s); sending the staged copy", "/".join(rf.node.path), exc)
+            return None
+        self.plain_streams["stored"] += 1
+        return entry
 
     async def _create_remote(self, node: Node, append: bool) -> Handle:
         """A new remote file (create): empty staging, published at the first close."""
@@ -698,8 +776,11 @@ class WritesMixin(VfsBase):
         self._fire(rf, "write")
         if upload is not None and rf.state is not S.DETACHED:
             rf.upload_end += written
-            if rf.upload_end > upload.begin_at:
+            if rf.upload_end <= upload.begin_at:
+                await self._feed_plain(rf, store, data)
+            else:
                 # Big enough to be segmented anyway: from now on it goes up as it comes.
+                self._abort_plain(rf)
                 try:
                     await store.call(upload.put_file, rf.fd, rf.upload_end)
                 except Exception as exc:
@@ -789,12 +870,15 @@ class WritesMixin(VfsBase):
                 rf.upload = None
                 self._fire(rf, "published_stream")
             else:
-                # Not streaming (yet): the staging file holds it all; a stream not started stays,
-                # so later appends may still stream.
+                # Not streaming (yet): the staging file holds it all (a plain stream may hold it
+                # too); a stream not started stays, so later appends may still stream.
+                plain_entry = await self._finish_plain(rf, mtime)
                 try:
                     store_file = functools.partial(storage.store_local_file, rf.staging, node.path, mtime,
                                                    upload_id=rf.upload_id)
-                    if rf.absent:
+                    if plain_entry is not None:
+                        entry = plain_entry
+                    elif rf.absent:
                         try:
                             entry = await store.call(functools.partial(store_file, new=True))
                         except FileExistsError:

@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -504,7 +504,8 @@ class SwiftSession:
 
     def put_chunked(self, container: str, name: str,
                     chunks: Iterable[memoryview] | Callable[[], Iterable[memoryview]], *,
-                    deadline: float | None = None, cancelled: Callable[[], bool] | None = None) -> str | None:
+                    deadline: float | None = None, cancelled: Callable[[], bool] | None = None,
+                    headers: Mapping[str, str] | None = None, passthrough: tuple[int, ...] = ()) -> str | None:
         """PUT an object from chunks of unknown total size (chunked transfer encoding); its ETag.
 
         http.client, not swiftclient/requests: urllib3 frames each chunk with ``b"%x\r\n%b\r\n"
@@ -512,7 +513,10 @@ class SwiftSession:
         separately.  *chunks* is a callable giving the chunks from the start for each attempt
         (then the PUT is retried like any request, an expired token renewed on its 401), or a
         plain iterable (then only retried while none of it was taken).  An error raised by the
-        chunks themselves, or *cancelled* becoming true, ends it without retry.
+        chunks themselves, or *cancelled* becoming true, ends it without retry: the connection is
+        closed without the last chunk, and Swift stores nothing.  *headers* are sent with the
+        request (``Content-Type`` replaces application/octet-stream); ClientExceptions whose
+        status is in *passthrough* are re-raised as they are.
         """
         conn = self.conn()
         end = deadline if deadline is not None else self.deadline()
@@ -549,7 +553,10 @@ class SwiftSession:
                 http_conn.putrequest("PUT", path, skip_accept_encoding=True)
                 http_conn.putheader("X-Auth-Token", token)
                 http_conn.putheader("Transfer-Encoding", "chunked")
-                http_conn.putheader("Content-Type", "application/octet-stream")
+                extra = dict(headers or {})
+                http_conn.putheader("Content-Type", extra.pop("Content-Type", "application/octet-stream"))
+                for key, value in extra.items():
+                    http_conn.putheader(key, value)
                 http_conn.endheaders()
                 sent = 0
                 for chunk in source():
@@ -580,6 +587,8 @@ class SwiftSession:
         except _ChunkSourceError as exc:
             raise exc.error from None
         except Exception as exc:
+            if isinstance(exc, ClientException) and exc.http_status in passthrough:
+                raise
             mapped = self.map_error(exc, name, conn)
             if mapped is None:
                 raise
