@@ -306,6 +306,13 @@ def test_swift_uploads_equal_writes_and_cold_reads_get_once(
         after = scrape(metrics_port)
         assert delta(after, before, "goblinfs_swift_downloaded_bytes_total") == 0
         assert delta(after, before, "goblinfs_cache_hits_total") == 1
+        # ... unless it is small (under CACHE_WRITTEN_MIN): no cache entry was made for it, and
+        # reading it back is one GET of exactly its bytes.
+        before = scrape(metrics_port)
+        assert (public / "a.bin").read_bytes() == written["a.bin"]
+        after = scrape(metrics_port)
+        assert delta(after, before, "goblinfs_swift_downloaded_bytes_total") == len(written["a.bin"])
+        assert delta(after, before, "goblinfs_cache_misses_total") == 1
         assert after.get("goblinfs_cache_used_bytes") >= sum(len(c) for c in cold.values())
         # Every attempt is in its method's histogram.
         for method in ("GET", "HEAD", "PUT"):

@@ -494,10 +494,10 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             if node.remote is not None:
                 # A file being written (or queued by write-back): no POST during its upload.
                 async with node.lock:
-                    if not self._set_pending_mtime(node, mtime_ns):
+                    if not await self._set_pending_mtime(node, mtime_ns):
                         await store.meta(store.storage.set_mtime, node.path, mtime_ns)
                         node.entry = _with(node.entry, mtime_ns=mtime_ns)
-            elif store.local or node.is_dir or not self._set_pending_mtime(node, mtime_ns):
+            elif store.local or node.is_dir or not await self._set_pending_mtime(node, mtime_ns):
                 await store.meta(store.storage.set_mtime, node.path, mtime_ns)
                 node.entry = _with(node.entry, mtime_ns=mtime_ns)
             parent_ino = self.by_path.get((store.name, node.path.parent))
