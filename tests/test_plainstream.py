@@ -274,13 +274,15 @@ def mrig(tmp_path: Path, swift_env: dict[str, Any], fault_swift: Any) -> Iterato
 
 
 def write_new(path: Path, data: bytes, piece: int = 128 * 1024, mtime_ns: int | None = None) -> None:
-    """A writer appending data to a new file in pieces, fsync, (utime), close."""
+    """A writer appending data to a new file in pieces, then fsync (or, given mtime_ns, utime
+    instead: the mtime is set before anything is published), close."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         for off in range(0, len(data), piece):
             os.write(fd, data[off:off + piece])
-        os.fsync(fd)
-        if mtime_ns is not None:
+        if mtime_ns is None:
+            os.fsync(fd)
+        else:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
     finally:
         os.close(fd)
@@ -361,8 +363,8 @@ def test_non_append_write_gives_the_stream_up(mrig: MountRig) -> None:
 
 
 def test_utime_before_close_is_the_swift_mtime(mrig: MountRig) -> None:
-    """write 2 MiB, fsync, utime(fd) to a past time, close: the stream stored it and Swift's
-    mtime is exactly the one set (not the first write's, sent in the PUT's headers)."""
+    """write 2 MiB, utime(fd) to a past time, close: the stream stored it and Swift's mtime is
+    exactly the one set (not the first write's, sent in the PUT's headers: finish POSTs it)."""
     mounted = mrig.mount()
     wanted = 1_600_000_000_123_456_789
     data = payload(2 * MiB, "f")
@@ -430,3 +432,36 @@ def test_object_created_during_the_stream_the_writer_still_wins(mrig: MountRig) 
     assert got is not None
     mounted.stop()
     assert got[1] == data, f"close returned 0, Swift holds {len(got[1])} bytes: {got[1][:40]!r}"
+
+
+@pytest.mark.parametrize("change", ["rename", "unlink"])
+def test_rename_or_unlink_mid_stream_leaves_nothing_at_the_old_name(mrig: MountRig, change: str) -> None:
+    """2 MiB appended (the stream under way to old.bin), then the open file renamed to new.bin
+    (or unlinked), 1 MiB more, close: nothing is left at old.bin; a renamed file is at new.bin
+    with all its bytes; an unlinked one's stream is given up and nothing is stored."""
+    mounted = mrig.mount()
+    data = payload(3 * MiB, change)
+    fd = os.open(mrig.path("old.bin"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for off in range(0, 2 * MiB, 128 * 1024):
+            os.write(fd, data[off:off + 128 * 1024])
+        if change == "rename":
+            os.rename(mrig.path("old.bin"), mrig.path("new.bin"))
+        else:
+            os.unlink(mrig.path("old.bin"))
+        for off in range(2 * MiB, len(data), 128 * 1024):
+            os.write(fd, data[off:off + 128 * 1024])
+    finally:
+        os.close(fd)
+    time.sleep(0.5)
+    assert mrig.stored("old.bin") is None
+    outcomes = mrig.outcomes()
+    if change == "rename":
+        got = mrig.stored("new.bin")
+        assert got is not None and got[1] == data
+        # rename publishes what is written before it moves: the stream ends there (stored).
+        assert outcomes["stored"] + outcomes["given_up"] == 1 and outcomes["failed"] == 0, outcomes
+    else:
+        assert mrig.stored("new.bin") is None
+        assert outcomes == {"stored": 0, "failed": 0, "given_up": 1}, outcomes
+    stop(mrig, mounted)
