@@ -12,7 +12,9 @@ differs from the bytes sent) makes it give up, and the staged file is sent as be
 is visible at the name before Swift has the whole body: a PUT whose connection closes before
 its last chunk (abort, kill -9 of the daemon) stores nothing; ``If-None-Match: *`` keeps a new
 file's PUT from replacing an object that appeared meanwhile, and a HEAD before the last chunk
-checks that the (empty) object a stream replaces is still the one it was based on. Swift's
+checks that the (empty) object a stream replaces is still the one it was based on. Swift orders
+PUTs by the time they began, so an object another client stored during the stream would win:
+a HEAD after Swift's answer checks that the name holds what was sent. Swift's
 headers are sent first, so the mtime they carry is the one of the first write;
 :meth:`PlainStream.finish` POSTs the final mtime when it differs.
 
@@ -192,9 +194,11 @@ class PlainStream(Upload):
             offset += len(chunk)
 
     def finish(self, mtime_ns: int | None = None, new: bool = True) -> Entry:
-        """End the body and wait for Swift; the Entry of the stored file.  A final mtime other
-        than the headers' is set by one POST.  OSError (FileExistsError: something appeared
-        at the name) if nothing was stored as sent: the caller sends its staged copy."""
+        """End the body and wait for Swift; the Entry of the stored file, once a HEAD saw it at
+        the name (a newer object stored meanwhile by another client would win over it).  A
+        final mtime other than the headers' is set by one POST.  OSError (FileExistsError:
+        another object is at the name) if the name does not hold what was sent: the caller
+        sends its staged copy."""
         if self.state is P.OPEN:
             self.abort()
         if self.state is P.SENDING and self.replaces is not None:
@@ -216,6 +220,12 @@ class PlainStream(Upload):
             if isinstance(error, OSError):
                 raise error
             raise OSError(errno.EIO, f"plain stream of {self.name} failed: {error}")
+        # Swift orders PUTs by the time they began: an object another client PUT while this
+        # body was being sent is newer and stays.  The staged copy then replaces it (the close
+        # that returns last wins, as on the staged path).
+        headers = self.store._head(self.name)
+        if headers is None or strip_etag(headers.get("etag")) != self.etag:
+            raise FileExistsError(errno.EEXIST, "a newer object was stored at the name during the stream", self.name)
         mtime = self.mtime_ns if mtime_ns is None else mtime_ns
         if mtime != self.mtime_ns:
             self.store._post_file_meta(self.name, self.content_type, mtime, {})
