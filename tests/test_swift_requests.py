@@ -5,6 +5,7 @@ file one listing more), and a stale hint never loses more than garbage-collectab
 from __future__ import annotations
 
 import os
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +97,15 @@ def test_rm_r_through_the_mount(fault_swift: Any, container: str, tmp_path: Path
         assert sorted(p for p in deletes if p.endswith(".jpg")) == \
             sorted(f"/tree/d{d}/f{i}.jpg" for d in range(3) for i in range(5))
         assert heads == []
+        # Each rmdir comes after rm emptied the directory through this mount: no listing of the
+        # directory before the store's own emptiness check, and no parent check while the
+        # parent still lists other directories (only the last subdirectory's removal asks).
+        listings = [urllib.parse.parse_qs(target.split("?", 1)[1]) for method, target, _ in fault_swift.proxy.requests
+                    if method == "GET" and f"/{container}?" in target]
+        delimited = [q["prefix"][0] for q in listings if "delimiter" in q]
+        assert delimited == [], delimited
+        parent_checks = [q["prefix"][0] for q in listings if q.get("prefix") == ["tree/"] and q.get("limit") == ["1"]]
+        assert parent_checks == ["tree/"], listings
     assert store.list_dir([]) == []
 
 

@@ -305,11 +305,12 @@ class StorageInterface:
         """
         self.__raise_not_implemented()
 
-    def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:
+    def delete_dir(self, dirpath: Sequence[str], recursive: bool = False, *, keep_parent: bool = True) -> bool:
         """Delete the directory at dirpath; return True on success, False otherwise.
 
         Without ``recursive`` the directory must be empty.  With it, everything inside is
-        deleted too.
+        deleted too.  Its parent stays, as for :meth:`delete_file` (``keep_parent=False``: the
+        same hint, from a caller that knows the parent holds other entries).
         """
         self.__raise_not_implemented()
         return False

@@ -762,7 +762,7 @@ class CloudFileStorage(StorageInterface):
         except (OSError, StorageError) as exc:
             log.warning("directory %s not kept after its last entry went: %s", parent, exc)
 
-    def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:
+    def delete_dir(self, dirpath: Sequence[str], recursive: bool = False, *, keep_parent: bool = True) -> bool:
         """Delete the directory; True on success, False when missing, not empty (non-recursive) or the root.
 
         Non-recursive: only a directory holding nothing but its marker, and never data: when
@@ -796,7 +796,8 @@ class CloudFileStorage(StorageInterface):
             if dir_object is not None:
                 with suppress(FileNotFoundError):
                     self._call("delete_object", self.container, name, name=name)
-            self._keep_parent(name)
+            if keep_parent:
+                self._keep_parent(name)
             return True
         items = list(self._iter_listing(prefix))
         if not items and dir_object is None:
@@ -822,7 +823,8 @@ class CloudFileStorage(StorageInterface):
         if dir_object is not None:
             with suppress(FileNotFoundError):
                 self._call("delete_object", self.container, name, name=name)
-        self._keep_parent(name)
+        if keep_parent:
+            self._keep_parent(name)
         return True
 
     def file_url(self, filepath: Sequence[str]) -> str:

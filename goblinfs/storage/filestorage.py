@@ -281,11 +281,12 @@ class BasicFileStorage(StorageInterface):
         with self._parent(filepath) as (dir_fd, name):
             os.unlink(name, dir_fd=dir_fd)
 
-    def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:
+    def delete_dir(self, dirpath: Sequence[str], recursive: bool = False, *, keep_parent: bool = True) -> bool:
         """Delete the directory at dirpath; True on success, False otherwise (never OSError).
 
-        Non-recursive: only an empty directory.  Recursive: everything in it too (symlinks
-        inside are removed, never followed).  The store root is never deleted recursively.
+        Non-recursive: only an empty directory (``keep_parent`` is a hint only: the parent
+        stays).  Recursive: everything in it too (symlinks inside are removed, never
+        followed).  The store root is never deleted recursively.
         """
         components = resolve_components(dirpath)
         try:

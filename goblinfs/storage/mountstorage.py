@@ -103,7 +103,7 @@ class MountStorage(StorageInterface):
             hints["seen"] = seen
         backend.delete_file(rest, **hints)
 
-    def delete_dir(self, dirpath: Sequence[str], recursive: bool = False) -> bool:
+    def delete_dir(self, dirpath: Sequence[str], recursive: bool = False, *, keep_parent: bool = True) -> bool:
         """Delete the directory in the store that holds it (never a mount point itself)."""
         try:
             backend, rest = self._forward(dirpath)
@@ -111,6 +111,8 @@ class MountStorage(StorageInterface):
             return False
         if not rest:
             return False
+        if not keep_parent:  # only when given: any StorageInterface, MediaGoblin's own signature
+            return backend.delete_dir(rest, recursive, keep_parent=False)
         return backend.delete_dir(rest, recursive)
 
     def file_url(self, filepath: Sequence[str]) -> str:

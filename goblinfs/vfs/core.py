@@ -251,14 +251,21 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             raise OSError(errno.ENOTDIR, "not a directory")
         if not node.path:
             raise OSError(errno.EBUSY, "a store's root")
-        try:
-            children = await self._children(node, fresh=True)
-        except FileNotFoundError:
-            # A Swift pseudo-directory vanishes with its last object: it is already gone.
-            children = None
-        if children:
-            raise OSError(errno.ENOTEMPTY, "directory not empty")
-        ok = children is None or await store.meta(store.storage.delete_dir, node.path, False)
+        children: dict[str, Entry] | None = node.children
+        if children is None or children:
+            # Not known empty here (rm -r has just emptied it: no listing then): look.  Either
+            # way the store refuses a directory that holds anything (delete_dir below).
+            try:
+                children = await self._children(node, fresh=True)
+            except FileNotFoundError:
+                # A Swift pseudo-directory vanishes with its last object: it is already gone.
+                children = None
+            if children:
+                raise OSError(errno.ENOTEMPTY, "directory not empty")
+        siblings = parent.children is not None and len(parent.children) > (1 if node.path[-1] in parent.children
+                                                                            else 0)
+        delete = functools.partial(store.storage.delete_dir, node.path, False, keep_parent=not siblings)
+        ok = children is None or await store.meta(delete)
         if not ok and not store.local and not await store.call(store.storage.file_exists, node.path):
             ok = True
         if not ok:
