@@ -394,6 +394,10 @@ class Model:
         self.names[dst] = f.fid
         f.name = dst
         moved = self.store[src] + (list(f.contents) if f.dirty else [])
+        if self.writeback and f.pending and all(c is None or c in f.pending for c in self.store[src]):
+            # Write-back moves a queued file that was never stored in the mount only (rsync's
+            # temporary name): the object at dst stays until the upload replaces it (old-or-new).
+            moved = self.store[dst] + moved
         self.store[dst] = _dedupe(moved)
         self.store[src] = [None]
         if src in self.narrow:
