@@ -34,3 +34,32 @@ def test_directory_outlives_its_last_file(mount_case: MountCase) -> None:
     assert os.listdir(mount_case.public / "album") == []
     os.rmdir(mount_case.public / "album")
     assert os.listdir(mount_case.public) == []
+
+
+def test_rmdir_of_a_directory_emptied_here_refuses_what_others_added(mount_case: MountCase) -> None:
+    """rm -r empties a directory through the mount, then removes it without listing it again:
+    a file another writer (MediaGoblin, another mount) put there meanwhile is ENOTEMPTY, and it
+    stays with its bytes; once it is gone, the rmdir works."""
+    import errno
+
+    import pytest
+
+    store = mount_case.store("public")
+    album = mount_case.public / "album"
+    album.mkdir()
+    (album / "mine.jpg").write_bytes(b"mine")
+    assert os.listdir(album) == ["mine.jpg"]  # listed here: the mount knows its content
+    os.unlink(album / "mine.jpg")  # ... and knows it empty now
+    theirs = os.urandom(1000)
+    with store.get_file(["album", "theirs.jpg"], "wb") as f:
+        f.write(theirs)
+    with pytest.raises(OSError) as raised:
+        os.rmdir(album)
+    assert raised.value.errno == errno.ENOTEMPTY
+    with store.get_file(["album", "theirs.jpg"], "rb") as f:
+        assert f.read() == theirs
+    assert sorted(os.listdir(album)) == ["theirs.jpg"]  # the refusal refreshed the listing
+    os.unlink(album / "theirs.jpg")
+    os.rmdir(album)
+    assert not store.file_exists(["album", "theirs.jpg"])
+    assert os.listdir(mount_case.public) == []

@@ -396,6 +396,42 @@ def test_writeback_options_parse_and_bad_values_are_one_clear_error() -> None:
             parse_options([bad])
 
 
+class InProcess:
+    """Write-back Vfs objects in this process over one workbench and a fresh container: one
+    left without its nursery is a daemon killed at that point, and the next recovers."""
+
+    def __init__(self, tmp_path: Path, swift_env: dict[str, Any], prefix: str) -> None:
+        from .conftest import make_cloud_storage
+
+        self.container = f"{prefix}-{os.urandom(5).hex()}"
+        self.workbench = tmp_path / "wb"
+        (self.workbench / "staging").mkdir(parents=True)
+        self.storage = make_cloud_storage(swift_env, self.container, staging_dir=str(self.workbench / "spool"))
+        self.conn = swift_conn(swift_env)
+
+    def new_vfs(self) -> Any:
+        """A write-back Vfs with no background tasks (no nursery: nothing uploads)."""
+        from goblinfs.vfs import Options, StoreMount, Vfs
+        from goblinfs.workbench import ReadCache
+
+        options = Options(staging_dir=str(self.workbench / "staging"), workbench_dir=str(self.workbench),
+                          op_timeout=60, writeback=True)
+        return Vfs([StoreMount("public", self.storage, options)], options,
+                   cache=ReadCache(str(self.workbench / "cache"), 1 << 30), single=True)
+
+    async def recover_until(self, done: Any) -> None:
+        """A new Vfs on the same workbench, running (its recovery too) until done() (60 s at most)."""
+        import trio
+
+        second = self.new_vfs()
+        async with trio.open_nursery() as nursery:
+            second.nursery = nursery  # starts recovery
+            with trio.fail_after(60):
+                while not done():
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("xattrs", [True, False], ids=["record-in-xattr", "no-user-xattrs"])
 async def test_queued_record_survives_an_abandoned_vfs_with_and_without_xattrs(
         swift_env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, xattrs: bool) -> None:
@@ -405,29 +441,15 @@ async def test_queued_record_survives_an_abandoned_vfs_with_and_without_xattrs(
     journal file instead, and recovery acts the same."""
     import errno
 
-    import trio
-
-    from goblinfs.vfs import ROOT_INO, Options, StoreMount, Vfs
+    from goblinfs.vfs import ROOT_INO
     from goblinfs.vfs import writes as writes_module
-    from goblinfs.workbench import ReadCache
-
-    from .conftest import make_cloud_storage
 
     if not xattrs:
         def refuse(*_args: Any) -> None:
             raise OSError(errno.ENOTSUP, "no user xattrs here")
         monkeypatch.setattr(writes_module.os, "setxattr", refuse)
-    container = f"gfs-wbx-{os.urandom(5).hex()}"
-    workbench = tmp_path / "wb"
-    (workbench / "staging").mkdir(parents=True)
-    storage = make_cloud_storage(swift_env, container, staging_dir=str(workbench / "spool"))
-    conn = swift_conn(swift_env)
-
-    def new_vfs() -> Vfs:
-        options = Options(staging_dir=str(workbench / "staging"), workbench_dir=str(workbench), op_timeout=60,
-                          writeback=True)
-        return Vfs([StoreMount("public", storage, options)], options,
-                   cache=ReadCache(str(workbench / "cache"), 1 << 30), single=True)
+    rig = InProcess(tmp_path, swift_env, "gfs-wbx")
+    container, workbench, conn, new_vfs = rig.container, rig.workbench, rig.conn, rig.new_vfs
 
     try:
         conn.put_object(container, "old.dat", b"old bytes")
@@ -453,16 +475,10 @@ async def test_queued_record_survives_an_abandoned_vfs_with_and_without_xattrs(
             assert (len(records), len(marked)) == (2, 0)
             assert all('"state": "queued"' in p.read_text() for p in records)
         # The daemon "dies" here: the next Vfs recovers what the first acknowledged.
-        second = new_vfs()
-        async with trio.open_nursery() as nursery:
-            second.nursery = nursery  # starts recovery
-            with trio.fail_after(60):
-                while stored_names(conn, container) != {"new.dat", "old.dat"} or \
-                        conn.get_object(container, "old.dat")[1] != over or \
-                        list((workbench / "journal").glob("*.json")) or \
-                        any(p.name.startswith("staging-") for p in (workbench / "staging").iterdir()):
-                    await trio.sleep(0.1)
-            nursery.cancel_scope.cancel()
+        await rig.recover_until(lambda: stored_names(conn, container) == {"new.dat", "old.dat"}
+                                and conn.get_object(container, "old.dat")[1] == over
+                                and not list((workbench / "journal").glob("*.json"))
+                                and not any(p.name.startswith("staging-") for p in (workbench / "staging").iterdir()))
         assert conn.get_object(container, "new.dat")[1] == new
         assert conn.get_object(container, "old.dat")[1] == over
         assert not list((workbench / "journal").glob("*.json"))
@@ -517,26 +533,11 @@ async def test_workbench_full_at_close_is_the_close_error_and_acknowledges_nothi
     and a crash then loses nothing (the next Vfs uploads exactly those bytes)."""
     import errno
 
-    import trio
-
-    from goblinfs.vfs import ROOT_INO, Options, StoreMount, Vfs
+    from goblinfs.vfs import ROOT_INO
     from goblinfs.vfs import writes as writes_module
-    from goblinfs.workbench import ReadCache
 
-    from .conftest import make_cloud_storage
-
-    container = f"gfs-wbf-{os.urandom(5).hex()}"
-    workbench = tmp_path / "wb"
-    (workbench / "staging").mkdir(parents=True)
-    storage = make_cloud_storage(swift_env, container, staging_dir=str(workbench / "spool"))
-    conn = swift_conn(swift_env)
-
-    def new_vfs() -> Vfs:
-        options = Options(staging_dir=str(workbench / "staging"), workbench_dir=str(workbench), op_timeout=60,
-                          writeback=True)
-        return Vfs([StoreMount("public", storage, options)], options,
-                   cache=ReadCache(str(workbench / "cache"), 1 << 30), single=True)
-
+    rig = InProcess(tmp_path, swift_env, "gfs-wbf")
+    container, conn, new_vfs = rig.container, rig.conn, rig.new_vfs
     real_fsync = os.fsync
 
     def full(_fd: int) -> None:
@@ -556,13 +557,8 @@ async def test_workbench_full_at_close_is_the_close_error_and_acknowledges_nothi
         monkeypatch.setattr(writes_module.os, "fsync", real_fsync)
         await vfs.flush(handle.fh)
         assert node.remote.state.value == "queued"
-        second = new_vfs()  # the first "dies" with the file queued
-        async with trio.open_nursery() as nursery:
-            second.nursery = nursery
-            with trio.fail_after(60):
-                while "full.dat" not in stored_names(conn, container):
-                    await trio.sleep(0.1)
-            nursery.cancel_scope.cancel()
+        # The first "dies" with the file queued.
+        await rig.recover_until(lambda: "full.dat" in stored_names(conn, container))
         assert conn.get_object(container, "full.dat")[1] == data
     finally:
         drop_container(swift_env, container)

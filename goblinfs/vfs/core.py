@@ -262,9 +262,8 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
                 children = None
             if children:
                 raise OSError(errno.ENOTEMPTY, "directory not empty")
-        siblings = parent.children is not None and len(parent.children) > (1 if node.path[-1] in parent.children
-                                                                            else 0)
-        delete = functools.partial(store.storage.delete_dir, node.path, False, keep_parent=not siblings)
+        delete = functools.partial(store.storage.delete_dir, node.path, False,
+                                   keep_parent=not self._has_siblings(parent, node.path[-1]))
         ok = children is None or await store.meta(delete)
         if not ok and not store.local and not await store.call(store.storage.file_exists, node.path):
             ok = True
@@ -275,6 +274,14 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         self._drop_path(node)
         node.children = None
 
+    @staticmethod
+    def _has_siblings(parent: Node, name: str) -> bool:
+        """Our listing of parent shows entries besides name.  The directory stays after its last
+        entry goes (Swift keeps it with a marker); while it has others, the store need not look.
+        O(1): rm -r asks it per entry."""
+        children = parent.children
+        return children is not None and len(children) > (1 if name in children else 0)
+
     async def unlink(self, parent_ino: int, name: bytes) -> None:
         """Remove a file; open handles keep reading what they had."""
         parent = self.node(parent_ino)
@@ -282,13 +289,10 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         node = await self._lookup(parent, self._decode(name))
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory")
-        # The directory stays after its last file (Swift keeps it with a marker); where our
-        # listing shows other entries in it, the store need not look.
-        children = parent.children
-        siblings = children is not None and len(children) > (1 if node.path[-1] in children else 0)  # O(1): rm -r
         # What the listing said of it: a plain Swift object goes with one DELETE.
         seen = node.entry if node.remote is None else None
-        delete = functools.partial(store.storage.delete_file, node.path, keep_parent=not siblings, seen=seen)
+        delete = functools.partial(store.storage.delete_file, node.path,
+                                   keep_parent=not self._has_siblings(parent, node.path[-1]), seen=seen)
         async with node.lock:  # no publication between the delete and the detach
             try:
                 await store.meta(delete)

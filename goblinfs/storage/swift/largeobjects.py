@@ -220,7 +220,47 @@ class SegmentUploader(_Segments):
             self._fd = None
 
 
-class SegmentStream(_Segments, Upload):
+class QueuedUpload(Upload):
+    """An Upload whose appended bytes wait in a bounded queue (``_queue``) for a sender thread
+    of its own (``_thread``, begun by ``_start`` at the first append).  ``offer`` never blocks;
+    ``put`` (each subclass's own wait) and ``put_file`` block while the queue is full.
+    ``_check`` raises when the upload takes no more bytes."""
+
+    _queue: queue.Queue[Any]
+    _thread: threading.Thread | None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def _check(self) -> None:
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def offer(self, data: bytes) -> bool:
+        self._check()
+        self._start()
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            return False
+        self.accepted += len(data)
+        return True
+
+    def put_file(self, fd: int, length: int) -> None:
+        """Append bytes [0, length) of the open file fd (blocking)."""
+        offset = 0
+        while offset < length:
+            chunk = os.pread(fd, min(SEND_CHUNK, length - offset), offset)
+            if not chunk:
+                raise OSError(errno.EIO, "the staging file is shorter than expected")
+            self.put(chunk)
+            offset += len(chunk)
+
+
+class SegmentStream(_Segments, QueuedUpload):
     """A file streamed into SLO segments while it is being appended to, from memory.
 
     ``offer``/``put`` queue the appended bytes (a window of ``window`` chunks, so memory
@@ -243,18 +283,14 @@ class SegmentStream(_Segments, Upload):
         self.segments: list[tuple[str, str, int]] = []
         self.error: BaseException | None = None
         self.aborted = False
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=window)
-        self._thread: threading.Thread | None = None
+        self._queue = queue.Queue(maxsize=window)
+        self._thread = None
         self._ended = False
         self._eof = False
         #: The part of a queued chunk past the segment it was cut at (the next segment's start).
         self._carry: memoryview | None = None
         #: Segments whose PUT was started (all of them are deleted by discard).
         self._submitted = 0
-
-    @property
-    def started(self) -> bool:
-        return self._thread is not None
 
     def _check(self) -> None:
         if self.error is not None:
@@ -267,16 +303,6 @@ class SegmentStream(_Segments, Upload):
             self._thread = threading.Thread(target=self._run, name="goblinfs-stream", daemon=True)
             self._thread.start()
 
-    def offer(self, data: bytes) -> bool:
-        self._check()
-        self._start()
-        try:
-            self._queue.put_nowait(data)
-        except queue.Full:
-            return False
-        self.accepted += len(data)
-        return True
-
     def put(self, data: bytes) -> None:
         """Append data, waiting for room; returns only once the window is half empty again, so
         a writer faster than Swift comes here (a thread hop) once per half window, not per write."""
@@ -288,16 +314,6 @@ class SegmentStream(_Segments, Upload):
         with self._queue.not_full:  # the queue's own lock: qsize() would take it again
             while len(self._queue.queue) > half and self.error is None and not self.aborted:
                 self._queue.not_full.wait(1.0)
-
-    def put_file(self, fd: int, length: int) -> None:
-        """Append bytes [0, length) of the open file fd (blocking)."""
-        offset = 0
-        while offset < length:
-            chunk = os.pread(fd, min(SEND_CHUNK, length - offset), offset)
-            if not chunk:
-                raise OSError(errno.EIO, "the staging file is shorter than expected")
-            self.put(chunk)
-            offset += len(chunk)
 
     def _end(self) -> None:
         if not self._ended and self._thread is not None:

@@ -28,18 +28,17 @@ import enum
 import errno
 import hashlib
 import logging
-import os
 import queue
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from swiftclient.client import ClientException
 
-from .. import Entry, Upload
-from .largeobjects import SEND_CHUNK
+from .. import Entry
+from .largeobjects import QueuedUpload
 from .listing import MTIME_PARAM, format_mtime, guess_type, strip_etag
 
 if TYPE_CHECKING:
@@ -97,7 +96,7 @@ PLAIN_FINAL = (P.STORED, P.FAILED, P.ABORTED)
 _ABORT = object()
 
 
-class PlainStream(Upload):
+class PlainStream(QueuedUpload):
     """One chunked PUT of a new file at *name*, fed while the file is appended to.
 
     ``offer``/``put``/``put_file`` append (a window of :data:`PLAIN_WINDOW` chunks, so a
@@ -123,8 +122,8 @@ class PlainStream(Upload):
         #: The store's places for plain streams: one is taken by this stream until it ends.
         self._slots = slots
         self._lock = threading.Lock()
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=PLAIN_WINDOW)
-        self._thread: threading.Thread | None = None
+        self._queue = queue.Queue(maxsize=PLAIN_WINDOW)
+        self._thread = None
         #: MD5 of the bytes sent, compared with Swift's ETag: only with ``verify_segments`` (as
         #: for SLO segments: TCP/TLS check the transfer, and nothing older is at stake here).
         self._md5 = hashlib.md5(usedforsecurity=False) if store.verify_segments else None
@@ -147,12 +146,8 @@ class PlainStream(Upload):
                 self._slots.release()
         return new
 
-    @property
-    def started(self) -> bool:
-        return self._thread is not None
-
     def _check(self) -> None:
-        if self.state is not P.SENDING:
+        if self.state not in (P.OPEN, P.SENDING):
             raise OSError(errno.EIO, f"plain stream of {self.name} is {self.state.value}: {self.error or ''}")
 
     def _start(self) -> None:
@@ -163,19 +158,9 @@ class PlainStream(Upload):
 
     # ---------------------------------------------------------------- the writer's side
 
-    def offer(self, data: bytes) -> bool:
-        self._start()
-        self._check()
-        try:
-            self._queue.put_nowait(data)
-        except queue.Full:
-            return False
-        self.accepted += len(data)
-        return True
-
     def put(self, data: bytes) -> None:
-        self._start()
         self._check()
+        self._start()
         while True:
             try:
                 self._queue.put(data, timeout=1.0)
@@ -183,15 +168,6 @@ class PlainStream(Upload):
             except queue.Full:
                 self._check()  # the sender failed meanwhile and takes no more
         self.accepted += len(data)
-
-    def put_file(self, fd: int, length: int) -> None:
-        offset = 0
-        while offset < length:
-            chunk = os.pread(fd, min(SEND_CHUNK, length - offset), offset)
-            if not chunk:
-                raise OSError(errno.EIO, "the staging file is shorter than expected")
-            self.put(chunk)
-            offset += len(chunk)
 
     def finish(self, mtime_ns: int | None = None, new: bool = True) -> Entry:
         """End the body and wait for Swift; the Entry of the stored file, once a HEAD saw it at
