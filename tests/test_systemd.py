@@ -352,6 +352,9 @@ def test_without_notify_socket_the_daemon_is_as_before(tmp_path: Path) -> None:
     with Mounted(config, mnt, env={"NOTIFY_SOCKET": ""}) as mounted:
         assert mounted.proc is not None
         assert fstype(mnt) == "fuse.goblinfs"
+        # The kernel shows the mount before the daemon has checked that its root answers; a
+        # SIGTERM in between is "stopped before it was ready", which is not this test's case.
+        assert wait_until(lambda: "goblinfs mounted at" in mounted.log(), 30), mounted.log()
         mounted.proc.send_signal(signal.SIGTERM)
         assert mounted.proc.wait(timeout=30) == 0
         mounted.check_log()
