@@ -13,9 +13,10 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
-import tracemalloc
 import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from goblinfs.storage.cloudfiles import (
 )
 
 from .conftest import make_cloud_storage, running_swift
+from .mountutil import ROOT
 
 pytestmark = pytest.mark.swift
 
@@ -717,30 +719,55 @@ def test_staging_files_removed_even_when_upload_fails(swift_env: dict[str, Any],
         drop_container(swift_env, swift_container_name)
 
 
-def test_nothing_is_buffered_whole_in_memory(store: CloudFileStorage, tmp_path: Any) -> None:
+# Measured in a fresh process: tracemalloc's peak counts every thread's allocations, and threads
+# left running by earlier tests in this process (uploads, servers) would count against the store.
+_MEMORY_PROBE = """
+import hashlib, json, sys, tracemalloc
+from goblinfs.storage.cloudfiles import CloudFileStorage
+params, src, dest = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+store = CloudFileStorage(**params)
+tracemalloc.start()
+with store.get_file(["twelve.bin"], "wb") as f, open(src, "rb") as source:
+    f.write(source)
+peaks = [tracemalloc.get_traced_memory()[1]]
+tracemalloc.reset_peak()
+store.copy_locally(["twelve.bin"], dest)
+peaks.append(tracemalloc.get_traced_memory()[1])
+tracemalloc.reset_peak()
+digest = hashlib.md5()
+with store.get_file(["twelve.bin"], "rb") as f:
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
+peaks.append(tracemalloc.get_traced_memory()[1])
+tracemalloc.stop()
+store.close()
+print(json.dumps({"peaks": peaks, "md5": digest.hexdigest()}))
+"""
+
+
+def test_nothing_is_buffered_whole_in_memory(
+    swift_env: dict[str, Any], store: CloudFileStorage, swift_container_name: str, tmp_path: Any
+) -> None:
     size = 12 * MiB
     src = str(tmp_path / "twelve.bin")
     md5 = write_local(src, size, seed=9)
-    tracemalloc.start()
-    try:
-        with store.get_file(["twelve.bin"], "wb") as f, open(src, "rb") as source:
-            f.write(source)
-        upload_peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.reset_peak()
-        dest = str(tmp_path / "back.bin")
-        store.copy_locally(["twelve.bin"], dest)
-        download_peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.reset_peak()
-        digest = hashlib.md5()
-        with store.get_file(["twelve.bin"], "rb") as f:
-            while chunk := f.read(MiB):
-                digest.update(chunk)
-        read_peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    dest = str(tmp_path / "back.bin")
+    params = {
+        "cloudfiles_user": swift_env["user"],
+        "cloudfiles_api_key": swift_env["key"],
+        "cloudfiles_host": swift_env["auth_url"],
+        "cloudfiles_container": swift_container_name,
+        "segment_size": str(MiB),
+    }
+    probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps(params), src, dest],
+                           capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    assert probe.returncode == 0, probe.stderr
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    upload_peak, download_peak, read_peak = result["peaks"]
+    assert read_peak >= MiB, result  # the probe measures: one 1 MiB chunk read is in its peak
     assert hashlib.md5(read_bytes(dest)).hexdigest() == md5
-    assert digest.hexdigest() == md5
-    assert store.stat(["twelve.bin"]).size == size
+    assert result["md5"] == md5
+    assert store.stat(["twelve.bin"]).size == size  # the store fixture's container: dropped after
     assert upload_peak < size / 3, upload_peak
     assert download_peak < size / 3, download_peak
     assert read_peak < size / 3, read_peak
