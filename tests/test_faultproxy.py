@@ -17,6 +17,7 @@ import pytest
 
 from .conftest import drop_container
 from .faultproxy import FaultProxy
+from .mountutil import wait_until
 
 
 @pytest.fixture
@@ -194,7 +195,8 @@ def test_delay_and_hang(fault_swift: Any, container: str) -> None:
 
     t = threading.Thread(target=held)
     t.start()
-    time.sleep(0.5)
+    assert wait_until(lambda: rule.hits == 2, 10), rule.hits
+    time.sleep(0.3)  # held, not answered
     assert outcome == [] and rule.hits == 2
     start = time.monotonic()
     proxy.clear()
@@ -226,18 +228,22 @@ def test_set_dead(fault_swift: Any, container: str) -> None:
 def test_stop_leaves_nothing(swift_env: dict[str, Any]) -> None:
     port = urllib.parse.urlsplit(swift_env["auth_url"]).port
     assert port is not None
-    before = threading.active_count()
+    def proxy_threads() -> list[threading.Thread]:  # only the proxy's: earlier tests may leave others
+        return [t for t in threading.enumerate() if t.name.startswith("faultproxy-")]
+
+    before = proxy_threads()
     proxy = FaultProxy(port).start()
-    proxy.add_rule(action="hang", times=None)
+    rule = proxy.add_rule(action="hang", times=None)
     socks = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(3)]
     for s in socks:
         s.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
-    time.sleep(0.3)
+    assert wait_until(lambda: rule.hits == 3, 10), rule.hits  # all three accepted and held
+    assert len(proxy_threads()) > len(before)
     proxy.stop()
     for s in socks:
         s.settimeout(5)
         assert s.recv(10) == b""
         s.close()
-    assert threading.active_count() == before
+    assert proxy_threads() == before
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=5)

@@ -334,14 +334,17 @@ def test_overwrite_by_shell_redirect_keeps_old_until_done(bench: Bench) -> None:
     assert bench.conn.head_object(bench.container, "x.bin").get("x-static-large-object") == "True"
     poller = Poller(bench, "x.bin")
     poller.start()
-    writer = bench.popen(["sh", "-c", f'( sleep 2; cat "{new_path}" ) > "{bench.public / "x.bin"}"'])
-    time.sleep(1.0)
+    # The shell opens x.bin with O_TRUNC, then waits for a line on its stdin before it writes.
+    writer = bench.popen(["sh", "-c", f'( read go; cat "{new_path}" ) > "{bench.public / "x.bin"}"'],
+                         stdin=subprocess.PIPE)
+    assert wait_until(lambda: (bench.public / "x.bin").stat().st_size == 0, 30), "the shell never truncated x.bin"
     assert writer.poll() is None
     during = bench.get("x.bin")
     assert (len(during), sha(during)) == (len(old), sha(old)), \
         f"while the writer runs, Swift has {len(during)} bytes, not the old {len(old)}"
-    assert writer.wait(60) == 0
-    assert wait_until(lambda: bench.sha_of("x.bin") == sha(new), 2), "new content not published at close"
+    writer.communicate(b"go\n", timeout=60)
+    assert writer.returncode == 0
+    assert wait_until(lambda: bench.sha_of("x.bin") == sha(new), 10), "new content not published at close"
     seen = poller.stop()
     assert {s for _, s in seen} <= {sha(old), sha(new)}, f"torn or empty object seen: {sorted(set(seen))}"
     assert sha((bench.public / "x.bin").read_bytes()) == sha(new)
@@ -425,7 +428,7 @@ def test_deliberate_truncation_is_published(bench: Bench) -> None:
     cp_in(bench, old_path, "a.bin")
     cp_in(bench, old_path, "b.bin")
     subprocess.run(["sh", "-c", f': > "{bench.public / "a.bin"}"'], check=True, timeout=60)
-    assert wait_until(lambda: bench.sha_of("a.bin") == sha(b""), 1.2), "': > f' not published"
+    assert wait_until(lambda: bench.sha_of("a.bin") == sha(b""), 15), "': > f' not published"
     subprocess.run(["truncate", "-s", "0", str(bench.public / "b.bin")], check=True, timeout=60)
     assert bench.sha_of("b.bin") == sha(b""), "truncate -s 0 not published when it returned"
     assert (bench.public / "a.bin").stat().st_size == 0
@@ -564,7 +567,7 @@ def test_kill9_mid_stream_segments_cleaned_at_remount(bench: Bench) -> None:
     writer.wait(30)
     assert bench.orphan_segments(), "nothing to clean up: the test proves nothing"
     bench.mount()
-    assert wait_until(lambda: bench.orphan_segments() == [], 5), \
+    assert wait_until(lambda: bench.orphan_segments() == [], 30), \
         f"segments of the interrupted upload left after the remount: {bench.orphan_segments()}"
     assert bench.sha_of("big.bin") is None
 
@@ -597,7 +600,7 @@ def test_failed_upload_journaled_and_uploaded_at_next_mount(fault_swift: Any, be
     bench.kill9(m)
     fault_swift.proxy.clear()
     bench.mount(config)
-    assert wait_until(lambda: bench.sha_of("f.bin") == sha(data), 5), \
+    assert wait_until(lambda: bench.sha_of("f.bin") == sha(data), 30), \
         "the staged data of the failed upload was not uploaded at the next mount"
 
 
@@ -620,7 +623,7 @@ def test_failed_upload_object_changed_meanwhile_is_recovered(fault_swift: Any, b
     def kept() -> list[Path]:
         return [p for p in recovered.glob("f.bin*") if p.is_file() and sha(p.read_bytes()) == sha(data)]
 
-    assert wait_until(lambda: bool(kept()), 6), \
+    assert wait_until(lambda: bool(kept()), 30), \
         f"not kept in {recovered}/f.bin*; the workbench has: {sorted(str(p) for p in bench.wb.rglob('*'))}"
     assert bench.sha_of("f.bin") == sha(other), "the newer object was overwritten by the old staged data"
 
@@ -674,7 +677,7 @@ def test_hung_swift_gives_eio_in_30s_and_recovers(fault_swift: Any, bench: Bench
     if st.returncode != 0 or st.stdout.strip() != "5":
         problems.append(f"stat after the hang: {st.returncode} {st.stdout!r} {st.stderr!r}")
     recovery = time.monotonic() - start
-    if recovery >= 5:
+    if recovery >= 15:  # no leftover from the hang (a retry deadline would be 25 s); slack for a busy machine
         problems.append(f"ls and stat after the hang took {recovery:.1f} s")
     assert not problems, problems
 

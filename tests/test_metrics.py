@@ -351,9 +351,16 @@ def test_swift_faults_counted_as_the_proxy_saw_them(
     # A short deadline, so that a GET failing for good gives EIO in seconds (public store only).
     config = write_swift_config(tmp_path / "cfg", fault_swift.env, swift_container, extra="retry_deadline = 4\n")
     options = f"metrics=127.0.0.1:{metrics_port},{SWIFT_OPTIONS}"
+    mount_start = len(proxy.requests)
     with Mounted(config, tmp_path / "mnt", options=options) as mounted:
         public = mounted.mountpoint / "public"
         os.stat(public / "cold.bin")
+        # The mount reads each store's figures once in the background (one account HEAD per store):
+        # let those finish and be counted before the first window opens.
+        def settled() -> bool:
+            heads = [t for m, t, _ in proxy.requests[mount_start:] if m == "HEAD" and t.rstrip("/").count("/") == 2]
+            return len(heads) >= 2 and scrape(metrics_port).get("goblinfs_swift_requests_total", method="HEAD") >= 2
+        assert wait_until(settled, 30), proxy.requests[mount_start:]
 
         # One 503 on the PUT of a new file: retried, the file is in Swift, both attempts counted.
         before = scrape(metrics_port)
@@ -596,7 +603,7 @@ def test_pending_uploads_still_served_while_they_drain_at_stop(
     content = os.urandom(200 * KiB)
     with Mounted(config, tmp_path / "mnt", options=options) as mounted:
         assert mounted.proc is not None
-        fault_swift.proxy.add_rule(method="PUT", path=f"/{swift_container}/held.bin", action="delay", delay=6)
+        fault_swift.proxy.add_rule(method="PUT", path=f"/{swift_container}/held.bin", action="delay", delay=12)
         f = open(mounted.mountpoint / "public" / "held.bin", "wb")  # noqa: SIM115 - held across the stop
         f.write(content)
         f.flush()
@@ -612,7 +619,7 @@ def test_pending_uploads_still_served_while_they_drain_at_stop(
             return figures.get("goblinfs_pending_uploads") >= 1
 
         try:
-            time.sleep(1.5)  # the FUSE session ended at once; the upload waits 6 s in the proxy
+            time.sleep(1.5)  # the FUSE session ended at once; the upload waits 12 s in the proxy
             assert mounted.proc.poll() is None, "the daemon should still be draining"
             assert wait_until(pending_during_drain, 3), seen
             assert mounted.proc.wait(timeout=60) == 0

@@ -36,8 +36,10 @@ with ``trio.from_thread.run`` (a call that does not return within HANG_SECONDS f
 example gets a fresh Vfs and a fresh directory of the store.  Environment:
 ``GOBLINFS_HYPOTHESIS_EXAMPLES=N`` examples per machine, ``GOBLINFS_HYPOTHESIS_STEPS=N`` steps
 per example, ``GOBLINFS_HYPOTHESIS_SHRINK=1`` to shrink a failure (off by default: shrinking a
-Swift sequence takes minutes).  Failures are kept in an example database outside the tree and
-replayed first.  Each machine prints (``-s`` or ``-rP``) and records (junit properties) how many
+Swift sequence takes minutes).  By default the examples are derandomized (the same ones every
+run, so the suite's verdict does not depend on the day's luck); ``GOBLINFS_HYPOTHESIS_RANDOM=1``
+searches new random examples instead, keeps failures in an example database outside the tree
+and replays them first.  Each machine prints (``-s`` or ``-rP``) and records (junit properties) how many
 examples and steps ran, in how long, and which rules.  The minimal sequences found so far are
 kept at the end as plain regression tests.
 """
@@ -109,14 +111,17 @@ def _settings(default_examples: int, default_steps: int) -> settings:
     phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
     if os.environ.get("GOBLINFS_HYPOTHESIS_SHRINK", "") not in ("", "0"):
         phases.append(Phase.shrink)
+    explore = os.environ.get("GOBLINFS_HYPOTHESIS_RANDOM", "") not in ("", "0")
     return settings(
         max_examples=_env_int("GOBLINFS_HYPOTHESIS_EXAMPLES", default_examples),
         stateful_step_count=_env_int("GOBLINFS_HYPOTHESIS_STEPS", default_steps),
         deadline=None,
         phases=phases,
         suppress_health_check=list(HealthCheck),
-        # Outside the working tree: failures found are replayed first next time.
-        database=DirectoryBasedExampleDatabase(os.path.join(tempfile.gettempdir(), "goblinfs-hypothesis")),
+        derandomize=not explore,
+        # Outside the working tree: failures found by a random search are replayed first next time.
+        database=DirectoryBasedExampleDatabase(os.path.join(tempfile.gettempdir(), "goblinfs-hypothesis"))
+        if explore else None,
         print_blob=True,
     )
 
