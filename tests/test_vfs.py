@@ -83,6 +83,27 @@ async def test_root_holds_the_stores(env: Env) -> None:
     assert env.vfs.attr(env.vfs.node(await env.dir("public"))).mode & 0o040000
 
 
+async def test_readdir_makes_nodes_only_for_the_entries_it_hands_out(env: Env) -> None:
+    """The kernel takes a few dozen entries per readdir; the rest of a big directory must not be
+    made into nodes at each call (a directory of n entries would cost n² / dozens)."""
+    for i in range(60):
+        with env.stores["public"].get_file(["big", f"f{i:03d}"], "wb") as f:
+            f.write(b"x")
+    big = await env.dir("public", "big")
+    fh = await env.vfs.opendir(big)
+    before = len(env.vfs.nodes)
+    taken = []
+    for position, name, _node in env.vfs.readdir_entries(fh, 10):
+        taken.append((position, name))
+        if len(taken) == 5:
+            break
+    assert taken == [(11 + i, f"f{10 + i:03d}") for i in range(5)]
+    assert len(env.vfs.nodes) - before == 5
+    rest = [name for _pos, name, _node in env.vfs.readdir_entries(fh, 15)]
+    assert rest == [f"f{i:03d}" for i in range(15, 60)]
+    env.vfs.releasedir(fh)
+
+
 async def test_create_write_read_and_store(env: Env) -> None:
     public = await env.dir("public")
     ino = await env.write_file(public, "My Photo.jpg", b"jpeg bytes")
@@ -272,7 +293,7 @@ async def test_read_only(env: Env) -> None:
 async def test_listing_ttl_sees_other_writers(env: Env) -> None:
     public = await env.dir("public")
     fh = await env.vfs.opendir(public)
-    assert env.vfs.readdir_entries(fh, 0) == []
+    assert list(env.vfs.readdir_entries(fh, 0)) == []
     env.vfs.releasedir(fh)
     with env.stores["public"].get_file(["from_elsewhere.txt"], "wb") as f:
         f.write(b"e")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Iterator
 
 from werkzeug.utils import secure_filename
 
@@ -165,11 +166,14 @@ class ListingMixin(VfsBase):
         self.dir_handles_nodes[fh] = node
         return fh
 
-    def readdir_entries(self, fh: int, start: int) -> list[tuple[int, str, Node]]:
-        """Entries from position start: (next position, name, node); lookup counts NOT taken."""
+    def readdir_entries(self, fh: int, start: int) -> Iterator[tuple[int, str, Node]]:
+        """Entries from position start: (next position, name, node); lookup counts NOT taken.
+
+        Lazy: the kernel's buffer takes a few dozen entries per readdir, and the caller stops
+        at the first one it refuses, so a directory of n entries costs n nodes, not n²/dozens.
+        """
         listing = self.dir_handles[fh]
         dir_node = self.dir_handles_nodes[fh]
-        out = []
         children = dir_node.children or {}
         for index in range(start, len(listing)):
             name = listing[index][0]
@@ -183,8 +187,7 @@ class ListingMixin(VfsBase):
                 if entry is None:
                     continue
                 node = self._node_for(dir_node.store, dir_node.path.child(name), entry, dir_node.children_time)
-            out.append((index + 1, name, node))
-        return out
+            yield index + 1, name, node
 
     def releasedir(self, fh: int) -> None:
         self.dir_handles.pop(fh, None)
