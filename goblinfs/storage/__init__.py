@@ -104,7 +104,7 @@ class ExactPath(tuple[str, ...]):
         return f"ExactPath({list(self)!r})"
 
     def child(self, name: str) -> ExactPath:
-        return ExactPath((*self, name))
+        return tuple.__new__(ExactPath, (*self, name))  # one per listed entry: no Python-level __new__
 
     @property
     def parent(self) -> ExactPath:
