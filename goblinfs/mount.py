@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -344,6 +345,7 @@ def run(prepared: Prepared, mountpoint: str, ready: Callable[[], None] | None = 
     faulthandler.enable()
     with contextlib.suppress(AttributeError, ValueError):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _tune_gc()
     ops = Operations(prepared.vfs, observer=prepared.metrics.fuse if prepared.metrics is not None else None)
     try:
         pyfuse3.init(ops, mountpoint, prepared.fuse_options)
@@ -370,6 +372,24 @@ def run(prepared: Prepared, mountpoint: str, ready: Callable[[], None] | None = 
     if not_answering is not None:
         raise MountFailed(f"the mount at {mountpoint} does not answer: {not_answering}")
     return 0 if clean else 1
+
+
+#: Objects allocated between two young-generation collections (CPython's default: 700).
+GC_THRESHOLD = 50_000
+
+
+def _tune_gc() -> None:
+    """Fewer garbage collections for a daemon that holds a node per known file.
+
+    A listing makes a few objects per entry (its Entry, the reply's attributes), almost none in
+    reference cycles; with CPython's default threshold (700) a 100,000-file `du` triggered
+    collections that walk every node the mount holds (A/B at 100,000 files: `du -s` 0.51-0.55x
+    -> 0.68-0.71x of a bare pyfuse3 passthrough).  Startup objects are frozen out of collection.
+    """
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, middle, old)
 
 
 #: Why a mount did not become ready when a stop signal came first.
