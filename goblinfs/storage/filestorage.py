@@ -373,7 +373,7 @@ class BasicFileStorage(StorageInterface):
         """Entries of the directory dirpath; symlinks and special files are left out."""
         components = resolve_components(dirpath)
         with self._dir(components) as fd:
-            entries = []
+            entries: list[Entry] = []
             append = entries.append
             # _entry inlined: this loop runs once per file of every listing (100,000-file trees).
             with os.scandir(fd) as it:
