@@ -84,8 +84,8 @@ async def test_root_holds_the_stores(env: Env) -> None:
 
 
 async def test_readdir_makes_nodes_only_for_the_entries_it_hands_out(env: Env) -> None:
-    """The kernel takes a few dozen entries per readdir; the rest of a big directory must not be
-    made into nodes at each call (a directory of n entries would cost n² / dozens)."""
+    """The kernel takes only part of a big directory per readdir; the rest must not be made into
+    nodes at each call, only the entries handed out."""
     for i in range(60):
         with env.stores["public"].get_file(["big", f"f{i:03d}"], "wb") as f:
             f.write(b"x")

@@ -24,7 +24,6 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from stat import S_ISDIR, S_ISREG
 from typing import Any
 
 from . import (
@@ -374,24 +373,19 @@ class BasicFileStorage(StorageInterface):
         components = resolve_components(dirpath)
         with self._dir(components) as fd:
             entries: list[Entry] = []
-            append = entries.append
-            # _entry inlined: this loop runs once per file of every listing (100,000-file trees).
             with os.scandir(fd) as it:
                 for item in it:
                     name = item.name
                     if name.startswith(TMP_PREFIX):
                         continue
                     try:
-                        st = item.stat(follow_symlinks=False)
+                        entry = _entry(name, item.stat(follow_symlinks=False))
                     except FileNotFoundError:
                         continue
-                    mode = st.st_mode
-                    if S_ISREG(mode):
-                        append(Entry(name, False, st.st_size, st.st_mtime_ns, local_etag(st)))
-                    elif S_ISDIR(mode):
-                        append(Entry(name, True, 0, st.st_mtime_ns, None))
-                    else:
+                    if entry is None:
                         log.debug("list_dir %s: leaving out %s (not a file or directory)", components, name)
+                        continue
+                    entries.append(entry)
             return entries
 
     def stat(self, filepath: Sequence[str]) -> Entry:
@@ -457,10 +451,13 @@ def _checked_regular(f: FileObjectAwareFile) -> FileObjectAwareFile:
 
 
 def _entry(name: str, st: os.stat_result) -> Entry | None:
-    if stat_mod.S_ISDIR(st.st_mode):
-        return Entry(name=name, is_dir=True, size=0, mtime_ns=st.st_mtime_ns, etag=None)
-    if stat_mod.S_ISREG(st.st_mode):
-        return Entry(name=name, is_dir=False, size=st.st_size, mtime_ns=st.st_mtime_ns, etag=local_etag(st))
+    """The Entry of a regular file or directory (None for anything else).  Called once per file
+    of every local listing: positional arguments, which a dataclass takes faster than keywords."""
+    mode = st.st_mode
+    if stat_mod.S_ISREG(mode):
+        return Entry(name, False, st.st_size, st.st_mtime_ns, local_etag(st))
+    if stat_mod.S_ISDIR(mode):
+        return Entry(name, True, 0, st.st_mtime_ns, None)
     return None
 
 

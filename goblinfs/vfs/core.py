@@ -201,7 +201,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
         else:
             mode = stat.S_IFREG | (0o666 & ~opts.umask)
             nlink = 0 if node.unlinked else 1
-            staged = None if node.remote is None else self._staged_size(node)  # most nodes: not written here
+            staged = self._staged_size(node)
             size = node.entry.size if staged is None else staged
         if opts.ro:
             mode &= ~0o222
@@ -212,7 +212,7 @@ class Vfs(NamesMixin, ListingMixin, ReadsMixin, WritesMixin):
             # the mount time for now and let the kernel ask again (getattr fetches it once).
             mtime = self.started
             timeout = 0
-        pending = None if node.remote is None else self._pending_mtime(node)
+        pending = self._pending_mtime(node)
         if pending is not None:
             mtime = pending
         return Attr(ino=node.ino, mode=mode, size=size, mtime_ns=mtime, uid=opts.uid, gid=opts.gid, nlink=nlink,

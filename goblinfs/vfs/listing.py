@@ -169,8 +169,9 @@ class ListingMixin(VfsBase):
     def readdir_entries(self, fh: int, start: int) -> Iterator[tuple[int, str, Node]]:
         """Entries from position start: (next position, name, node); lookup counts NOT taken.
 
-        Lazy: the kernel's buffer takes a few dozen entries per readdir, and the caller stops
-        at the first one it refuses, so a directory of n entries costs n nodes, not n²/dozens.
+        Lazy: the kernel's buffer takes only part of a big directory per readdir (a 1,000-entry
+        one took 3 calls here), and the caller stops at the first entry it refuses, so nodes are
+        made only for the entries handed out, not again for the whole rest at every call.
         """
         listing = self.dir_handles[fh]
         dir_node = self.dir_handles_nodes[fh]
