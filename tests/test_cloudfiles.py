@@ -30,6 +30,7 @@ from swiftclient.client import ClientException
 from goblinfs.storage import ExactPath, StorageConfigError, StorageUnavailable, new_upload_id
 from goblinfs.storage import NotImplementedError as StorageNotImplementedError
 from goblinfs.storage.cloudfiles import (
+    DEFAULT_WORKERS,
     AuthenticationFailed,
     CloudFilesStorage,
     CloudFileStorage,
@@ -726,16 +727,26 @@ import hashlib, json, sys, tracemalloc
 from goblinfs.storage.cloudfiles import CloudFileStorage
 params, src, dest = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 store = CloudFileStorage(**params)
+# The same calls on a small segmented file first: the login, the connections, the worker threads
+# and the modules the first requests import are not what is measured.
+with open(src, "rb") as source:
+    head = source.read(3 << 19)
+with store.get_file(["warm.bin"], "wb") as f:
+    f.write(head)
+store.copy_locally(["warm.bin"], dest)
+with store.get_file(["warm.bin"], "rb") as f:
+    f.read(1 << 20)
+store.delete_file(["warm.bin"])
 tracemalloc.start()
-with store.get_file(["twelve.bin"], "wb") as f, open(src, "rb") as source:
+with store.get_file(["big.bin"], "wb") as f, open(src, "rb") as source:
     f.write(source)
 peaks = [tracemalloc.get_traced_memory()[1]]
 tracemalloc.reset_peak()
-store.copy_locally(["twelve.bin"], dest)
+store.copy_locally(["big.bin"], dest)
 peaks.append(tracemalloc.get_traced_memory()[1])
 tracemalloc.reset_peak()
 digest = hashlib.md5()
-with store.get_file(["twelve.bin"], "rb") as f:
+with store.get_file(["big.bin"], "rb") as f:
     while chunk := f.read(1 << 20):
         digest.update(chunk)
 peaks.append(tracemalloc.get_traced_memory()[1])
@@ -748,8 +759,11 @@ print(json.dumps({"peaks": peaks, "md5": digest.hexdigest()}))
 def test_nothing_is_buffered_whole_in_memory(
     swift_env: dict[str, Any], store: CloudFileStorage, swift_container_name: str, tmp_path: Any
 ) -> None:
-    size = 12 * MiB
-    src = str(tmp_path / "twelve.bin")
+    size = 24 * MiB
+    # What may be in memory at once: a 1 MiB segment per upload worker, one being read, one spare.
+    limit = (DEFAULT_WORKERS + 2) * MiB
+    assert limit <= size / 4
+    src = str(tmp_path / "big.bin")
     md5 = write_local(src, size, seed=9)
     dest = str(tmp_path / "back.bin")
     params = {
@@ -767,10 +781,10 @@ def test_nothing_is_buffered_whole_in_memory(
     assert read_peak >= MiB, result  # the probe measures: one 1 MiB chunk read is in its peak
     assert hashlib.md5(read_bytes(dest)).hexdigest() == md5
     assert result["md5"] == md5
-    assert store.stat(["twelve.bin"]).size == size  # the store fixture's container: dropped after
-    assert upload_peak < size / 3, upload_peak
-    assert download_peak < size / 3, download_peak
-    assert read_peak < size / 3, read_peak
+    assert store.stat(["big.bin"]).size == size  # the store fixture's container: dropped after
+    assert upload_peak < limit, upload_peak
+    assert download_peak < limit, download_peak
+    assert read_peak < limit, read_peak
 
 
 def test_file_url_and_space(swift_env: dict[str, Any], store: CloudFileStorage, swift_container_name: str) -> None:

@@ -212,7 +212,7 @@ def test_kill_9_during_write_back_loses_no_acknowledged_file(rig: Any, tmp_path:
         finally:
             copy_seconds = time.monotonic() - started
     r.kill(first)
-    # Listed after the kill: an upload that ended before it deleted its record, so every
+    # Listed after the kill: a record is deleted only once its upload is in Swift, so every
     # acknowledged file not listed here must still have one.
     in_swift_at_kill = {name.removeprefix("tree/") for name in r.stored()}
     if when == "mid_cp":
